@@ -1,0 +1,58 @@
+"""The ``pyctr`` command line: a typer app with one sub-app per noun, as ``ctr`` has.
+
+Start-up is lazy: building the app imports only typer and the small command modules; a command loads
+plugins, msgpack or prometheus_client only when it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import typer
+
+from ._state import GlobalOptions, global_callback
+
+# (name, module, help). A module exposes ``app`` (a typer.Typer) for a noun, or ``register(app)`` for
+# top-level commands.
+_NOUNS: list[tuple[str, str, str]] = [
+    ("plugins", "pyctr.cli.plugins", "List plugins and their status."),
+    ("config", "pyctr.cli.config_cmd", "Show pyctr's configuration."),
+]
+_TOP_LEVEL: list[str] = [
+    "pyctr.cli.version",
+]
+_ALIASES: dict[str, str] = {"ns": "namespaces", "i": "images", "c": "containers", "t": "tasks"}
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="pyctr",
+        help="pyctr: a core container runtime for Linux (images, snapshots, containers, tasks).",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(global_callback)
+    for name, module, help_ in _NOUNS:
+        mod = importlib.import_module(module)
+        app.add_typer(mod.app, name=name, help=help_)
+        for alias, target in _ALIASES.items():
+            if target == name:
+                app.add_typer(mod.app, name=alias, help=help_, hidden=True)
+    for module in _TOP_LEVEL:
+        importlib.import_module(module).register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``pyctr`` console script."""
+    from ._errors import run_cli
+
+    return run_cli(build_app(), sys.argv[1:] if argv is None else argv)
+
+
+__all__ = ["GlobalOptions", "build_app", "main"]

@@ -1,0 +1,72 @@
+"""Global options (``--root``, ``--state``, ``--address``, ``-n``, ``--config``, ``--debug``) and the
+per-invocation state every command reaches through ``ctx.obj``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+
+@dataclass
+class GlobalOptions:
+    root: str | None = None
+    state: str | None = None
+    address: str | None = None
+    namespace: str = "default"
+    config: str | None = None
+    debug: bool = False
+    _client: Any = field(default=None, repr=False)
+
+    def client(self) -> Client:
+        """The client for this invocation (embedded for now), made once."""
+        if self._client is None:
+            from ..client import Client
+
+            self._client = Client(
+                root=self.root, state=self.state, address=self.address, namespace=self.namespace,
+                config=self.config,
+            )
+        return self._client  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def global_callback(
+    ctx: typer.Context,
+    root: Annotated[str | None, typer.Option("--root", envvar="PYCTR_ROOT",
+                                             help="Persistent data directory [default: /var/lib/pyctr].")] = None,
+    state: Annotated[str | None, typer.Option("--state", envvar="PYCTR_STATE",
+                                              help="Runtime state directory [default: /run/pyctr].")] = None,
+    address: Annotated[str | None, typer.Option("--address", "-a", envvar="PYCTR_ADDRESS",
+                                                help="The daemon's socket; forces remote mode.")] = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n", envvar="PYCTR_NAMESPACE",
+                                           help="Namespace to work in.")] = "default",
+    config: Annotated[str | None, typer.Option("--config", "-c", envvar="PYCTR_CONFIG",
+                                               help="Configuration file [default: /etc/pyctr/config.toml].")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    opts = GlobalOptions(root=root, state=state, address=address, namespace=namespace, config=config, debug=debug)
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+        os.environ["PYCTR_DEBUG"] = "1"
+    ctx.obj = opts
+    ctx.call_on_close(opts.close)
+
+
+def opts(ctx: typer.Context) -> GlobalOptions:
+    """The global options from any (sub)command's context."""
+    root = ctx.find_root()
+    obj = root.obj
+    assert isinstance(obj, GlobalOptions)
+    return obj

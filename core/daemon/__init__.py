@@ -1,0 +1,1 @@
+"""pyctrd: the daemon serving pyctr's API on a unix socket."""
