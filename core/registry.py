@@ -101,6 +101,10 @@ class Registration:
     platforms: tuple[str, ...] = ()
     description: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", str(self.type))
+        object.__setattr__(self, "requires", tuple(str(r) for r in self.requires))
+
     @property
     def name(self) -> str:
         """The short name: the last component of the id (``overlayfs``)."""
@@ -255,7 +259,11 @@ class Registry:
                     cycle = [*path[path.index(pid):], pid]
                     raise FailedPrecondition("plugin requirements form a cycle: " + " -> ".join(cycle))
                 state[pid] = 1
-                for dep in self._deps(self._regs[pid]):
+                try:
+                    deps = self._deps(self._regs[pid])
+                except NotFound:
+                    deps = []  # reported as this plugin's error status when it is initialised
+                for dep in deps:
                     visit(dep, [*path, pid])
                 state[pid] = 2
                 order.append(pid)
@@ -420,4 +428,4 @@ def load_entrypoints_into(pm: pluggy.PluginManager) -> None:
             pm.register(module, name=ep.name)
         except Exception as e:
             LOAD_ERRORS[ep.name] = f"cannot load {ep.value}: {type(e).__name__}: {e}"
-            log.warning("plugin entry point %s failed to load: %s", ep.name, e)
+            log.info("plugin entry point %s failed to load: %s", ep.name, e)

@@ -19,8 +19,17 @@ from ._state import GlobalOptions, global_callback
 _NOUNS: list[tuple[str, str, str]] = [
     ("plugins", "pyctr.cli.plugins", "List plugins and their status."),
     ("config", "pyctr.cli.config_cmd", "Show pyctr's configuration."),
+    ("content", "pyctr.cli.content", "Manage the content-addressed blob store."),
+    ("namespaces", "pyctr.cli.namespaces", "Manage namespaces."),
+    ("leases", "pyctr.cli.leases", "Manage leases."),
+    ("snapshots", "pyctr.cli.snapshots", "Manage snapshots."),
+    ("images", "pyctr.cli.images", "Manage images: pull, push, import, export, unpack."),
+    ("containers", "pyctr.cli.containers", "Manage containers."),
+    ("tasks", "pyctr.cli.tasks", "Manage tasks (a container's running processes)."),
 ]
 _TOP_LEVEL: list[str] = [
+    "pyctr.cli.gc",
+    "pyctr.cli.run",
     "pyctr.cli.version",
 ]
 _ALIASES: dict[str, str] = {"ns": "namespaces", "i": "images", "c": "containers", "t": "tasks"}
