@@ -1,0 +1,1 @@
+"""``pyctr.containers.metadata``: container records + snapshots + tasks (see :mod:`.service`)."""
