@@ -6,10 +6,15 @@ import os
 import sys
 from typing import Any
 
-import click
 import typer
 
 from ..errdefs import PyctrError
+
+# typer >= 0.22 vendors click as ``typer._click`` (and no longer depends on click); older typer uses
+# click itself.  Find the usage-error base class through typer's own public exception either way.
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
 
 
 def run_cli(app: typer.Typer, argv: list[str]) -> Any:
@@ -17,12 +22,12 @@ def run_cli(app: typer.Typer, argv: list[str]) -> Any:
     debug = "--debug" in argv or bool(os.environ.get("PYCTR_DEBUG"))
     try:
         rv = cmd.main(args=argv, prog_name="pyctr", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except _ClickException as e:
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(e.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:
         print("pyctr: aborted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:
