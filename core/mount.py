@@ -171,10 +171,10 @@ def _error(what: str, err: int, detail: str = "") -> PyctrError:
         cls = InvalidArgument
     else:
         cls = Internal
-    e = cls(msg)
-    e.errno = err  # type: ignore[attr-defined]
-    e.detail = detail  # type: ignore[attr-defined]
-    return e
+    e: Any = cls(msg)
+    e.errno = err
+    e.detail = detail
+    return e  # type: ignore[no-any-return]
 
 
 # -- option parsing --------------------------------------------------------------------------------
