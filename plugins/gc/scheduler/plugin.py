@@ -1,0 +1,66 @@
+"""Registers ``pyctr.gc.scheduler``: the garbage collector's scheduler (type ``gc``).
+
+The instance is a :class:`~pyctr.plugins.gc.scheduler.scheduler.GCScheduler`: ``collect()`` runs a
+collection now, ``schedule()`` asks for one soon, ``start()`` (called by the daemon) starts the timer.
+Backends are looked up when a collection runs: the ``content`` plugin and every ``snapshot`` plugin
+that loaded (a skipped snapshotter keeps its backend snapshots until it loads again).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyctr.hookspecs import hookimpl
+from pyctr.registry import InitContext, PluginType, Registration
+
+_CONFIG: dict[str, Any] = {
+    "pause_threshold": 0.02,
+    "deletion_threshold": 0,
+    "mutation_threshold": 100,
+    "schedule_delay_ms": 0,
+    "startup_delay_ms": 100,
+    "interval": 300.0,
+    "collect_on_close": True,
+    "orphan_grace": 300.0,
+}
+
+
+def _init(ctx: InitContext) -> Any:
+    import logging
+
+    from pyctr.errdefs import PyctrError
+    from pyctr.metadata.gc import GCResult, collect
+
+    from .scheduler import GCScheduler
+
+    log = logging.getLogger("pyctr.gc.scheduler")
+    store = ctx.get(PluginType.METADATA)
+    grace = float(ctx.config["orphan_grace"])
+
+    def run() -> GCResult:
+        try:
+            content = ctx.get(PluginType.CONTENT)
+        except PyctrError as e:
+            log.info("gc: no content backend (%s); blobs are left alone", e)
+            content = None
+        snapshotters = ctx.get_all(PluginType.SNAPSHOT)
+        return collect(store.db, content, snapshotters, orphan_grace=grace)
+
+    sched = GCScheduler(run, ctx.config)
+    store.db.add_mutation_hook(sched.mutated)
+    return sched
+
+
+@hookimpl
+def pyctr_plugin_registrations() -> list[Registration]:
+    return [
+        Registration(
+            type=PluginType.GC,
+            id="pyctr.gc.scheduler",
+            init=_init,
+            requires=(PluginType.METADATA,),
+            config=dict(_CONFIG),
+            description="Garbage collection of unreferenced content and snapshots: after deletes, on demand "
+                        "(pyctr gc) and on a timer.",
+        )
+    ]
