@@ -1,0 +1,315 @@
+"""Apply an OCI image layer (tar, tar+gzip, tar+zstd) onto a directory, safely and fast.
+
+Picks the Cython extractor (``_tario_c``) or its pure-Python twin (``_tario_py``);
+``PYCTR_NO_EXTENSIONS=1`` forces the twin.  Both implement :func:`extract` with the same semantics;
+this module adds what they share: compression detection, the decompression and hashing pipeline
+(another thread feeding a bounded queue of chunks), and the public entry point.
+
+Stable API::
+
+    apply_layer(src, root, *, media_type=None, whiteouts="native", parents=(),
+                max_uncompressed=None, same_owner=True) -> ApplyResult(diff_id, size, entries)
+
+* ``src``: a binary file object or a path of the (possibly compressed) layer blob.
+* ``root``: the target directory: an overlay upperdir (``whiteouts="overlay"``; ``parents`` are the
+  lowerdirs, nearest first, used to copy mode and owner onto implicitly created parent directories) or
+  a full root filesystem (``whiteouts="native"``: whiteouts delete).
+* ``media_type``: the layer's media type; ``None`` or a generic type means "detect by magic bytes".
+* ``max_uncompressed``: refuse layers whose uncompressed stream is larger (a decompression bomb).
+* ``same_owner``: apply ownership from the layer (else files belong to the caller).
+
+Errors: :class:`~pyctr.errdefs.DataLoss` for corrupt or truncated input (tar, gzip, zstd),
+:class:`~pyctr.errdefs.InvalidArgument` for a layer the rules refuse (an unsupported entry type, an
+owner that does not fit, a size limit).  On error the target holds a partial layer: the caller
+removes the snapshot.  ``ApplyResult.diff_id`` is the sha256 of the whole uncompressed stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, BinaryIO, Literal
+
+from pyctr.errdefs import DataLoss, InvalidArgument
+
+from . import use_extensions
+
+Whiteouts = Literal["overlay", "native"]
+ChunkSource = Callable[[], bytes]
+
+CHUNK = 1 << 20  # bytes per pipeline chunk
+ZSTD_SLICE = 8192  # compressed bytes per zstd call (bounds one call's output)
+QUEUE_DEPTH = 8  # chunks in flight between the decompressor and the extractor
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What applying a layer produced.
+
+    :ivar diff_id: ``sha256:<hex>`` of the uncompressed tar stream (compare with ``rootfs.diff_ids``).
+    :ivar size: bytes of the uncompressed stream.
+    :ivar entries: tar entries applied (files, directories, links, devices, whiteouts).
+    """
+
+    diff_id: str
+    size: int
+    entries: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"diff_id": self.diff_id, "size": self.size, "entries": self.entries}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ApplyResult:
+        return cls(str(d["diff_id"]), int(d["size"]), int(d["entries"]))
+
+
+def _impl() -> ModuleType:
+    if use_extensions():
+        try:
+            from . import _tario_c
+
+            return _tario_c
+        except ImportError:  # pragma: no cover - depends on the build
+            pass
+    from . import _tario_py
+
+    return _tario_py
+
+
+def compression_of(media_type: str | None, head: bytes) -> str:
+    """``"gzip"``, ``"zstd"`` or ``"tar"`` for a blob whose first bytes are ``head``.
+
+    An explicit ``+gzip``/``+zstd``/plain tar media type is trusted only if the magic agrees; a generic
+    or unknown type is decided by the magic bytes (as containerd's ``DetectCompression``).
+    """
+    if head.startswith(GZIP_MAGIC):
+        found = "gzip"
+    elif _is_zstd(head):
+        found = "zstd"
+    else:
+        found = "tar"
+    if media_type:
+        mt = media_type.lower()
+        declared = "gzip" if mt.endswith(("+gzip", ".gzip")) else "zstd" if mt.endswith("+zstd") else None
+        if declared is not None and declared != found and head:
+            raise DataLoss(f"layer is declared {media_type} but its bytes are not {declared}")
+    return found
+
+
+def _is_zstd(head: bytes) -> bool:
+    if head.startswith(ZSTD_MAGIC):
+        return True
+    # skippable frames 0x184D2A50..5F, then a real frame
+    return len(head) >= 4 and head[1:4] == b"\x2a\x4d\x18" and (head[0] & 0xF0) == 0x50
+
+
+class _Pipeline:
+    """Reads ``src`` on another thread, decompresses, hashes and hands out chunks in order.
+
+    The consumer calls :meth:`next_chunk` (``b""`` at the end); an error on either side stops both.
+    """
+
+    def __init__(self, src: BinaryIO, compression: str, head: bytes, limit: int | None) -> None:
+        self._src = src
+        self._compression = compression
+        self._head = head
+        self._limit = limit
+        self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_DEPTH)
+        self._stop = threading.Event()
+        self._done = False
+        self.size = 0
+        self._hash = hashlib.sha256()
+        self._thread = threading.Thread(target=self._run, name="pyctr-tario-decompress", daemon=True)
+        self._thread.start()
+
+    # -- producer -------------------------------------------------------------------------------
+    def _put(self, item: bytes | BaseException | None) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _emit(self, data: bytes) -> bool:
+        if not data:
+            return True
+        self.size += len(data)
+        if self._limit is not None and self.size > self._limit:
+            raise InvalidArgument(
+                f"layer is larger than {self._limit} bytes uncompressed (a decompression bomb?); "
+                "raise max_uncompressed if it is genuine"
+            )
+        self._hash.update(data)
+        return self._put(data)
+
+    def _raw(self) -> Callable[[], bytes]:
+        first = [self._head]
+
+        def read() -> bytes:
+            if first:
+                return first.pop() or self._src.read(CHUNK)
+            return self._src.read(CHUNK)
+
+        return read
+
+    def _run(self) -> None:
+        try:
+            read = self._raw()
+            if self._compression == "gzip":
+                self._gunzip(read)
+            elif self._compression == "zstd":
+                self._unzstd(read)
+            else:
+                while not self._stop.is_set():
+                    buf = read()
+                    if not buf or not self._emit(buf):
+                        break
+            self._put(None)
+        except BaseException as e:  # handed to the consumer
+            self._put(e)
+
+    def _gunzip(self, read: Callable[[], bytes]) -> None:
+        from isal import isal_zlib
+
+        dec = isal_zlib.decompressobj(wbits=31)
+        pending = b""
+        member = False  # inside a gzip member
+        while not self._stop.is_set():
+            if not pending:
+                pending = read()
+                if not pending:
+                    break
+            if not member:  # a new member starts (gzip streams may hold several)
+                dec = isal_zlib.decompressobj(wbits=31)
+                member = True
+            try:
+                out = dec.decompress(pending, CHUNK)
+            except isal_zlib.error as e:
+                raise DataLoss(f"layer is not valid gzip: {e}") from None
+            pending = dec.unconsumed_tail
+            if not self._emit(out):
+                return
+            if dec.eof:
+                member = False
+                pending = dec.unused_data + pending
+        if member and not dec.eof:
+            raise DataLoss("layer's gzip stream is truncated")
+
+    def _unzstd(self, read: Callable[[], bytes]) -> None:
+        import zstandard
+
+        # ZstdDecompressionObj has no output bound, so feed it small slices: one call then yields at
+        # most ZSTD_SLICE * (zstd's ~32768:1 best ratio) bytes before the size limit is checked.
+        dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)
+        dec = None
+        out: list[bytes] = []
+        outlen = 0
+        while not self._stop.is_set():
+            buf = read()
+            if not buf:
+                break
+            view = memoryview(buf)
+            while len(view):
+                if dec is None:
+                    dec = dctx.decompressobj()
+                piece, view = view[:ZSTD_SLICE], view[ZSTD_SLICE:]
+                try:
+                    o = dec.decompress(piece)
+                except zstandard.ZstdError as e:
+                    raise DataLoss(f"layer is not valid zstd: {e}") from None
+                if o:
+                    out.append(o)
+                    outlen += len(o)
+                    if outlen >= CHUNK:
+                        if not self._emit(b"".join(out)):
+                            return
+                        out, outlen = [], 0
+                if dec.eof:
+                    view = memoryview(dec.unused_data + bytes(view))
+                    dec = None
+        if out and not self._emit(b"".join(out)):
+            return
+        if dec is not None and not dec.eof:
+            raise DataLoss("layer's zstd stream is truncated")
+
+    # -- consumer -------------------------------------------------------------------------------
+    def next_chunk(self) -> bytes:
+        if self._done:
+            return b""
+        item = self._q.get()
+        if item is None:
+            self._done = True
+            return b""
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        return item
+
+    def drain(self) -> None:
+        while self.next_chunk():
+            pass
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:  # unblock the producer
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join()
+
+    @property
+    def diff_id(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def open_stream(src: BinaryIO, media_type: str | None, max_uncompressed: int | None) -> _Pipeline:
+    """Start the decompression pipeline for ``src`` (used by :func:`apply_layer` and tests)."""
+    head = src.read(CHUNK)
+    return _Pipeline(src, compression_of(media_type, head), head, max_uncompressed)
+
+
+def apply_layer(
+    src: BinaryIO | str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    *,
+    media_type: str | None = None,
+    whiteouts: Whiteouts = "native",
+    parents: Sequence[str | os.PathLike[str]] = (),
+    max_uncompressed: int | None = None,
+    same_owner: bool = True,
+) -> ApplyResult:
+    """Apply the layer ``src`` onto ``root``; see the module docstring."""
+    if whiteouts not in ("overlay", "native"):
+        raise InvalidArgument(f"whiteouts must be 'overlay' or 'native', not {whiteouts!r}")
+    impl = _impl()
+    if isinstance(src, (str, os.PathLike)):
+        with open(src, "rb") as f:
+            return apply_layer(f, root, media_type=media_type, whiteouts=whiteouts, parents=parents,
+                               max_uncompressed=max_uncompressed, same_owner=same_owner)
+    pipe = open_stream(src, media_type, max_uncompressed)
+    try:
+        entries = impl.extract(pipe.next_chunk, os.fspath(root), whiteouts=whiteouts,
+                               parents=[os.fspath(p) for p in parents], same_owner=same_owner)
+        pipe.drain()
+        return ApplyResult(pipe.diff_id, pipe.size, entries)
+    finally:
+        pipe.close()
+
+
+def implementation() -> str:
+    """``"c"`` or ``"py"``: which extractor :func:`apply_layer` uses."""
+    return "c" if _impl().__name__.endswith("_c") else "py"
+
+
+__all__ = ["ApplyResult", "Whiteouts", "apply_layer", "compression_of", "implementation", "open_stream"]
