@@ -23,7 +23,6 @@ def pyctr_plugin_registrations() -> list[Registration]:
             id="pyctr.snapshot.native",
             init=_init,
             config={"root_path": "", "sync_remove": True},
-            platforms=("linux/*",),
             description="Snapshots as full copies of their parents; works on any filesystem.",
         )
     ]

@@ -31,7 +31,6 @@ def pyctr_plugin_registrations() -> list[Registration]:
             id="pyctr.snapshot.overlayfs",
             init=_init,
             config={"root_path": "", "mount_options": [], "sync_remove": True, "upperdir_label": False},
-            platforms=("linux/*",),
             description="Snapshots as overlayfs layers (lower directories, upper and work directories).",
         )
     ]
