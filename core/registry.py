@@ -179,6 +179,7 @@ class Registry:
         self._regs: dict[str, Registration] = {}
         self._status: dict[str, PluginStatus] = {}
         self._order: list[str] | None = None
+        self._initialised: list[str] = []  # ids in the order their init ran, for close()
         self._lock = threading.RLock()
         self.pm = plugin_manager
 
@@ -314,6 +315,7 @@ class Registry:
         try:
             status.instance = reg.init(ctx)
             status.status = Status.OK
+            self._initialised.append(pid)
         except SkipPlugin as e:
             status.status, status.message = Status.SKIPPED, str(e)
             log.info("skip loading plugin %s: %s", pid, e)
@@ -384,9 +386,16 @@ class Registry:
         raise NotFound(f"no {type_} plugin named {name!r} (known: {known})")
 
     def close(self) -> None:
-        """Close every initialised plugin that has a ``close()``, in reverse order."""
+        """Close every initialised plugin that has a ``close()``, in reverse order of initialisation
+        (a plugin closes before the plugins it used; one initialised while closing is closed too)."""
         with self._lock:
-            for pid in reversed(self.order()):
+            closed: set[str] = set()
+            while True:
+                todo = [p for p in reversed(self._initialised) if p not in closed]
+                if not todo:
+                    break
+                pid = todo[0]
+                closed.add(pid)
                 st = self._status[pid]
                 if st.status == Status.OK and hasattr(st.instance, "close"):
                     try:

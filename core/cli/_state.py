@@ -42,19 +42,21 @@ class GlobalOptions:
 
 def global_callback(
     ctx: typer.Context,
-    root: Annotated[str | None, typer.Option("--root", envvar="PYCTR_ROOT",
-                                             help="Persistent data directory [default: /var/lib/pyctr].")] = None,
+    root: Annotated[str | None, typer.Option(
+        "--root", envvar="PYCTR_ROOT", help="Persistent data directory [default: /var/lib/pyctr].")] = None,
     state: Annotated[str | None, typer.Option("--state", envvar="PYCTR_STATE",
                                               help="Runtime state directory [default: /run/pyctr].")] = None,
     address: Annotated[str | None, typer.Option("--address", "-a", envvar="PYCTR_ADDRESS",
                                                 help="The daemon's socket; forces remote mode.")] = None,
     namespace: Annotated[str, typer.Option("--namespace", "-n", envvar="PYCTR_NAMESPACE",
                                            help="Namespace to work in.")] = "default",
-    config: Annotated[str | None, typer.Option("--config", "-c", envvar="PYCTR_CONFIG",
-                                               help="Configuration file [default: /etc/pyctr/config.toml].")] = None,
+    config: Annotated[str | None, typer.Option(
+        "--config", "-c", envvar="PYCTR_CONFIG",
+        help="Configuration file [default: /etc/pyctr/config.toml].")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
-    opts = GlobalOptions(root=root, state=state, address=address, namespace=namespace, config=config, debug=debug)
+    opts = GlobalOptions(root=root, state=state, address=address, namespace=namespace, config=config,
+                         debug=debug)
     if debug:
         import logging
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from ._state import opts
-
 app = typer.Typer(no_args_is_help=True)
 
 

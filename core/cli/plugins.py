@@ -15,7 +15,8 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("ls")
 def ls(
     ctx: typer.Context,
-    detailed: Annotated[bool, typer.Option("--detailed", "-d", help="Show requirements, config and errors.")] = False,
+    detailed: Annotated[bool, typer.Option(
+        "--detailed", "-d", help="Show requirements, config and errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print plugin ids only.")] = False,
 ) -> None:
     """List every plugin with its TYPE, ID, PLATFORMS and STATUS (ok, skipped, error, disabled)."""
@@ -27,8 +28,8 @@ def ls(
     if not detailed:
         table(
             ["TYPE", "ID", "PLATFORMS", "STATUS"],
-            [(s.registration.type, s.registration.id, ",".join(s.registration.platform_list()), s.status.value)
-             for s in statuses],
+            [(s.registration.type, s.registration.id, ",".join(s.registration.platform_list()),
+              s.status.value) for s in statuses],
         )
         return
     for s in statuses:

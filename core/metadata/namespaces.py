@@ -150,7 +150,7 @@ class NamespaceStore:
                 raise NotFound(f"namespace {name!r} not found")
             left = self._contents(tx, name)
             if left:
-                what = ", ".join(f"{n} {kind}" for kind, n in left.items())
+                what = ", ".join(f"{kind} ({n})" for kind, n in left.items())
                 raise FailedPrecondition(
                     f"namespace {name!r} must be empty, but it still has {what}; remove them first"
                 )

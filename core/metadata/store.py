@@ -12,6 +12,7 @@ Built by the ``pyctr.metadata.sqlite`` plugin.  Views are made on first use:
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from .namespaces import NamespaceStore
     from .snapshots import NamespacedSnapshotter
 
+log = logging.getLogger("pyctr.metadata")
+
 DEFAULT_SNAPSHOTTER = "overlayfs"
 
 
@@ -34,6 +37,20 @@ class MetadataStore:
         self._registry = registry
         self._snapshotters: dict[str, NamespacedSnapshotter] = {}
         self._lock = threading.Lock()
+        self._gc_loaded = False
+        db.add_mutation_hook(self._load_gc_on_delete)
+
+    def _load_gc_on_delete(self, kind: str) -> None:
+        """On the first deletion, initialise the ``gc`` plugin(s): a scheduler hooks itself onto this
+        database as it initialises, and so hears this deletion too (hooks added while the hooks run are
+        called in the same round), which it collects later -- or when closed, in one-shot use."""
+        if kind != "delete" or self._gc_loaded:
+            return
+        self._gc_loaded = True
+        try:
+            self._registry.get_all("gc")
+        except Exception:
+            log.warning("cannot load the garbage collector", exc_info=True)
 
     @cached_property
     def namespaces(self) -> NamespaceStore:
