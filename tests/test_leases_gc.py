@@ -390,7 +390,7 @@ def test_orphans_in_the_backends_are_removed_after_the_grace_period(world: World
     world.native.prepare("orphan-snap", "")
     world.put("default", b"recorded", {"containerd.io/gc.root": "1"})
     world.snapshot("default", "kept", labels={"containerd.io/gc.root": "1"})
-    res = world.collect()  # default grace: too young to touch
+    res = world.collect(orphan_grace=300)  # too young to touch
     assert digest_of(data) in world.blobs() and "orphan-snap" in world.backend_snapshots()
     res = world.collect(orphan_grace=0)
     assert res.errors == []
@@ -409,7 +409,7 @@ def test_one_failure_does_not_stop_the_collection(world: World) -> None:
     # a backend snapshot whose child (unrecorded, too young to be an orphan) stops its removal
     parent = world.snapshot("default", "p")
     world.native.prepare("young-child", parent)
-    res = world.collect()
+    res = world.collect(orphan_grace=300)
     assert set(res.removed_content) == set(others)
     assert any("pinned by the test" in e for e in res.errors)
     assert any(parent in e for e in res.errors)
@@ -445,3 +445,13 @@ def test_sweep_is_one_transaction(world: World) -> None:
     finally:
         reader.close()
     assert (before, during, after) == (5, 5, 0)
+
+
+def test_blobs_whose_records_were_deleted_by_hand_are_freed(world: World) -> None:
+    keep = world.put("default", b"kept", {"containerd.io/gc.root": "1"})
+    gone = world.put("default", b"deleted by the user")
+    world.content.delete("default", gone)
+    res = world.collect()
+    assert res.records == []  # no record was left to sweep...
+    assert ("content", gone) in res.backend  # ...but the bytes went
+    assert world.blobs() == {keep}

@@ -64,9 +64,11 @@ __all__ = [
     "collect",
 ]
 
-#: Backend blobs and snapshots with no record are removed only once older than this (seconds): a
-#: writer in another process may have put one in place and not yet recorded it.
-DEFAULT_ORPHAN_GRACE = 300.0
+#: Backend blobs and snapshots with no record are removed only once older than this (seconds).  0, as
+#: containerd: every store creates a backend object and its record inside one write transaction, and
+#: the cleanup holds the write lock, so an object without a record is garbage.  Raise it if some code
+#: writes to a backend first and records later.
+DEFAULT_ORPHAN_GRACE = 0.0
 
 CONTENT, SNAPSHOT, IMAGE, CONTAINER, INGEST = "content", "snapshot", "image", "container", "ingest"
 

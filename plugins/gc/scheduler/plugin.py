@@ -21,7 +21,7 @@ _CONFIG: dict[str, Any] = {
     "startup_delay_ms": 100,
     "interval": 300.0,
     "collect_on_close": True,
-    "orphan_grace": 300.0,
+    "orphan_grace": 0.0,
 }
 
 

@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "startup_delay_ms": 100,
     "interval": 300.0,
     "collect_on_close": True,
-    "orphan_grace": 300.0,
+    "orphan_grace": 0.0,
 }
 
 _MIN_AVG = 0.005  # seconds: containerd's floor for the average collection time
