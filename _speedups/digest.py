@@ -18,19 +18,21 @@ wrong digest (as long as the file's bytes are what was written).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from . import use_extensions
 
-if TYPE_CHECKING:
-    from collections.abc import Buffer
+BufferLike = bytes | bytearray | memoryview
 
 
 class Hasher(Protocol):
+    """What both ``Sha256`` classes provide."""
+
     @property
     def count(self) -> int: ...
 
-    def update(self, data: Buffer) -> None: ...
+    def update(self, data: BufferLike) -> None: ...
 
     def digest(self) -> bytes: ...
 
@@ -41,23 +43,27 @@ class Hasher(Protocol):
     def state(self) -> bytes: ...
 
 
+def _load() -> tuple[str, Any, Callable[..., int]]:
+    if use_extensions():
+        try:
+            from . import _digest_c
+
+            return "c", _digest_c.Sha256, _digest_c.copy_and_hash
+        except ImportError:  # not compiled: fall back to the twin
+            pass
+    from . import _digest_py
+
+    return "py", _digest_py.Sha256, _digest_py.copy_and_hash
+
+
+#: ``"c"`` or ``"py"``: which implementation :data:`Sha256` and :func:`copy_and_hash` come from
 IMPLEMENTATION: str
-if use_extensions():
-    try:
-        from ._digest_c import Sha256, copy_and_hash
-
-        IMPLEMENTATION = "c"
-    except ImportError:  # not compiled: fall back to the twin
-        from ._digest_py import Sha256, copy_and_hash
-
-        IMPLEMENTATION = "py"
-else:
-    from ._digest_py import Sha256, copy_and_hash
-
-    IMPLEMENTATION = "py"
+Sha256: Any
+copy_and_hash: Callable[..., int]
+IMPLEMENTATION, Sha256, copy_and_hash = _load()
 
 
-def resume(fd: int, offset: int, state: bytes | None, impl: type[Sha256] | None = None) -> tuple[Hasher, int]:
+def resume(fd: int, offset: int, state: bytes | None, impl: Any = None) -> tuple[Hasher, int]:
     """A hasher over the first ``offset`` bytes of the file open at ``fd``.
 
     Restores ``state`` if it is valid and covers at most ``offset`` bytes, then hashes the rest

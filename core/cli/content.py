@@ -124,7 +124,7 @@ def label(
 @app.command("active")
 def active(
     ctx: typer.Context,
-    filters: Annotated[list[str] | None, typer.Argument(help="Filters on ref, expected, total, offset.")] = None,
+    filters: Annotated[list[str] | None, typer.Argument(help="Filters on ref, expected, total.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print refs only.")] = False,
 ) -> None:
     """List ingests in progress: REF SIZE TOTAL EXPECTED UPDATED."""
