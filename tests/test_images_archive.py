@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pyctr import Client
-from pyctr.errdefs import DataLoss, InvalidArgument, NotFound, NotImplementedErr, PyctrError
-
 from conftest import Roots
 from images_helpers import OCI_LAYER, OCI_MANIFEST, Layout, busybox_layout, sha256, tar_dir
+from pyctr import Client
+from pyctr.errdefs import DataLoss, InvalidArgument, NotFound, NotImplementedErr, PyctrError
 
 NS = "default"
 needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
@@ -125,8 +123,9 @@ def test_import_umoci_layout_tar_with_base_name(svc: Any, busybox: Path, tmp_pat
 
 
 @needs_skopeo
-def test_export_read_by_skopeo_and_reimported(svc: Any, client: Client, busybox: Path, tmp_path: Path) -> None:
-    svc.import_archive(NS, tar_dir(busybox, tmp_path / "in.tar"), base_name="example.com/acc/bb", unpack=False)
+def test_export_read_by_skopeo_and_reimported(svc: Any, busybox: Path, tmp_path: Path) -> None:
+    svc.import_archive(NS, tar_dir(busybox, tmp_path / "in.tar"), base_name="example.com/acc/bb",
+                       unpack=False)
     img = svc.get(NS, "example.com/acc/bb:latest")
     out = tmp_path / "out.tar"
     svc.export_archive(NS, out, ["example.com/acc/bb:latest"])
@@ -197,7 +196,8 @@ def test_multi_platform_index(svc: Any, tmp_path: Path) -> None:
     arm = lay.image([{"arm": b"b"}], arch="arm64")
     idx = lay.multi([{**amd, "platform": {"os": "linux", "architecture": "amd64"}},
                      {**arm, "platform": {"os": "linux", "architecture": "arm64"}},
-                     {"mediaType": "application/vnd.example.sbom+json", "digest": sha256(b"none"), "size": 4}])
+                     {"mediaType": "application/vnd.example.sbom+json", "digest": sha256(b"none"),
+                      "size": 4}])
     lay.add(idx, "multi")
     tarball = lay.tar(tmp_path / "m.tar")
     made = svc.import_archive(NS, tarball, base_name="acc/m", unpack=False)
@@ -291,7 +291,8 @@ def broken_bad_config(lay: Layout, man: dict[str, Any]) -> None:
     (broken_ambiguous, DataLoss),
     (broken_bad_config, DataLoss),
 ])
-def test_broken_archive_leaves_nothing(svc: Any, tmp_path: Path, breaker: Any, error: type[Exception]) -> None:
+def test_broken_archive_leaves_nothing(svc: Any, tmp_path: Path, breaker: Any,
+                                       error: type[Exception]) -> None:
     lay, man = _simple(tmp_path)
     breaker(lay, man)
     with pytest.raises(error):
@@ -304,9 +305,8 @@ def test_truncated_archive_leaves_nothing(svc: Any, tmp_path: Path) -> None:
     big = _manifest(lay, man)["layers"][0]["digest"]
     lay.write_index()
     # put the big layer last, then cut the tar in its middle
-    order = ["oci-layout", "index.json"] + sorted(
-        f"blobs/sha256/{p.name}" for p in lay.blob(big).parent.iterdir() if p.name != big[7:]
-    ) + [f"blobs/sha256/{big[7:]}"]
+    others = sorted(f"blobs/sha256/{p.name}" for p in lay.blob(big).parent.iterdir() if p.name != big[7:])
+    order = ["oci-layout", "index.json", *others, f"blobs/sha256/{big[7:]}"]
     out = tmp_path / "t.tar"
     subprocess.run(["tar", "-C", str(lay.path), "-cf", str(out), *order], check=True)
     data = out.read_bytes()
@@ -318,7 +318,7 @@ def test_truncated_archive_leaves_nothing(svc: Any, tmp_path: Path) -> None:
 
 
 def test_unknown_entries_are_skipped(svc: Any, tmp_path: Path) -> None:
-    lay, man = _simple(tmp_path)
+    lay, _ = _simple(tmp_path)
     lay.index.append({"mediaType": "application/vnd.example.thing", "digest": sha256(b"x"), "size": 1,
                       "annotations": {"org.opencontainers.image.ref.name": "thing"}})
     made = svc.import_archive(NS, lay.tar(tmp_path / "a.tar"), base_name="acc/u", unpack=False)
@@ -417,7 +417,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 def test_containerd_imports_pyctr_export(svc: Any, busybox: Path, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("containerd needs root")
-    svc.import_archive(NS, tar_dir(busybox, tmp_path / "in.tar"), base_name="example.com/acc/bb", unpack=False)
+    svc.import_archive(NS, tar_dir(busybox, tmp_path / "in.tar"), base_name="example.com/acc/bb",
+                       unpack=False)
     img = svc.get(NS, "example.com/acc/bb:latest")
     out = tmp_path / "out.tar"
     svc.export_archive(NS, out, ["example.com/acc/bb:latest"])

@@ -132,16 +132,14 @@ class Unpacker:
             key = f"extract-{uuid.uuid4().hex[:16]} {chain_id}"
             labels = {LABEL_SNAPSHOT_REF: chain_id}
             try:
-                mounts = self.sn.prepare(ns, key, parent, labels)
+                mounts = self.sn.prepare(ns, key, parent, labels, lease=self.lease)
             except AlreadyExists:
                 # the backend already had this chain (another namespace, a remote snapshotter): linked in
                 if not self._committed(chain_id):
                     raise
-                self._hold(chain_id)
                 self._label_uncompressed(layer, diff_id)
                 return
             try:
-                self._hold(key)
                 with svc.content.open(ns, layer.digest) as blob:
                     result = differ.apply(layer.media_type, blob, mounts)
                 got = str(getattr(result, "diff_id", ""))
@@ -150,7 +148,7 @@ class Unpacker:
                         f"wrong diff id for layer {layer.digest}: the config says {diff_id}, the layer's "
                         f"uncompressed content is {got}"
                     )
-                self.sn.commit(ns, chain_id, key, labels)
+                self.sn.commit(ns, chain_id, key, labels, lease=self.lease)
             except BaseException:
                 try:
                     self.sn.remove(ns, key)
@@ -158,7 +156,6 @@ class Unpacker:
                     log.warning("cannot remove active snapshot %r after a failed unpack: %s", key, e)
                 raise
             self.created.append(chain_id)
-            self._hold(chain_id)
         self._label_uncompressed(layer, diff_id)
 
     def _label_uncompressed(self, layer: Descriptor, diff_id: str) -> None:
