@@ -16,6 +16,7 @@ Deleting a record calls ``db.mutated("delete")`` so the GC scheduler can collect
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -123,14 +124,14 @@ class ImageStore:
         f = filters_mod.parse(flt)
         return [i for i in imgs if f.match(filters_mod.dict_adaptor(_adapt(i)))]
 
-    def by_target(self, ns: str, digest: str) -> list[Image]:
+    def by_target(self, ns: str, digest: str) -> builtins.list[Image]:
         rows = self.db.query(
             "SELECT * FROM images WHERE ns=? AND json_extract(target, '$.digest')=? ORDER BY name",
             (ns, digest),
         )
         return [_row_to_image(r) for r in rows]
 
-    def namespaces_in_use(self) -> list[str]:
+    def namespaces_in_use(self) -> builtins.list[str]:
         return [r[0] for r in self.db.query("SELECT DISTINCT ns FROM images ORDER BY ns")]
 
     # -- writes --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Every method takes the namespace ``ns`` explicitly and plain arguments, and retu
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import uuid
@@ -204,7 +205,7 @@ class ImageService:
         snapshotter: str | None = None,
         digests: bool = False,
         platform: str | None = None,
-    ) -> list[Image]:
+    ) -> builtins.list[Image]:
         """Import an OCI image layout tar or a ``docker save`` tar (a path, ``-`` for stdin, or a binary
         stream).  Every descriptor is checked before the records are made; on any failure nothing is
         left behind.  Returns the records made or updated."""
@@ -236,11 +237,11 @@ class ImageService:
 
     # -- inspection ------------------------------------------------------------------------------
 
-    def _platforms(self, ns: str, target: Descriptor) -> list[str]:
+    def _platforms(self, ns: str, target: Descriptor) -> builtins.list[str]:
         try:
             if mt.is_index(target.media_type):
                 kids = imgs.parse_index(target, self.read_blob(ns, target))
-                out: list[str] = []
+                out: builtins.list[str] = []
                 for k in kids:
                     if k.platform:
                         s = plat.format_platform(plat.from_any(k.platform))
@@ -260,11 +261,11 @@ class ImageService:
         return []
 
     def _walk_status(self, ns: str, target: Descriptor, matcher: plat.Matcher | None
-                     ) -> tuple[list[Descriptor], list[Descriptor]]:
+                     ) -> tuple[builtins.list[Descriptor], builtins.list[Descriptor]]:
         """``(available, missing)`` descriptors reachable from ``target`` for ``matcher``."""
         cs = self.content
-        available: list[Descriptor] = []
-        missing: list[Descriptor] = []
+        available: builtins.list[Descriptor] = []
+        missing: builtins.list[Descriptor] = []
         seen: set[str] = set()
         stack = [target]
         while stack:
@@ -378,12 +379,12 @@ class ImageService:
         rows = db.query("SELECT DISTINCT image FROM containers WHERE ns=? AND image!=''", (ns,))
         return {r[0] for r in rows}
 
-    def prune(self, ns: str, all: bool = False, *, sync: bool = False) -> list[str]:
+    def prune(self, ns: str, all: bool = False, *, sync: bool = False) -> builtins.list[str]:
         """Remove images no container uses.  Without ``all`` only *dangling* ones: records whose
         target content is gone or whose name is a bare digest reference (``repo@sha256:...``).
         Returns the removed names."""
         used = self.images_in_use(ns)
-        removed: list[str] = []
+        removed: builtins.list[str] = []
         for img in self.store.list(ns):
             if img.name in used:
                 continue
