@@ -118,3 +118,6 @@ class Speedups:
 @pytest.fixture(scope="session", params=["c", "py"])
 def speedups(request: Any) -> Iterator[Speedups]:
     yield Speedups(request.param)
+
+# Registry and image fixtures (docker-registry on loopback, umoci/skopeo-built images).
+pytest_plugins = ["fixtures_registry", "fixtures_images"]

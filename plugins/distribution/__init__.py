@@ -1,0 +1,1 @@
+"""Distribution plugins: moving images between registries and the content store."""
