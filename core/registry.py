@@ -309,11 +309,11 @@ class Registry:
             status.status = Status.SKIPPED
             status.message = f"platform {host_platform()} not supported (plugin supports {', '.join(plats)})"
             return status
-        cfg = self.config.plugin_config(reg)
-        status.config = cfg
-        ctx = InitContext(self, reg, cfg)
         try:
-            status.instance = reg.init(ctx)
+            # a bad [plugins."<id>"] table (unknown key, wrong type) fails this plugin, naming the key
+            cfg = self.config.plugin_config(reg)
+            status.config = cfg
+            status.instance = reg.init(InitContext(self, reg, cfg))
             status.status = Status.OK
             self._initialised.append(pid)
         except SkipPlugin as e:
@@ -438,3 +438,11 @@ def load_entrypoints_into(pm: pluggy.PluginManager) -> None:
         except Exception as e:
             LOAD_ERRORS[ep.name] = f"cannot load {ep.value}: {type(e).__name__}: {e}"
             log.info("plugin entry point %s failed to load: %s", ep.name, e)
+            continue
+        # A hook implementation with no specification (a misspelt hook name) would make pluggy's
+        # check_pending() fail for every plugin: refuse this module alone.
+        unknown = [c.name for c in pm.get_hookcallers(module) or [] if not c.has_spec()]
+        if unknown:
+            pm.unregister(module)
+            LOAD_ERRORS[ep.name] = f"{ep.value} implements unknown hooks: {', '.join(sorted(unknown))}"
+            log.info("plugin entry point %s refused: %s", ep.name, LOAD_ERRORS[ep.name])
