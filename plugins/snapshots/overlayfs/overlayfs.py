@@ -37,8 +37,11 @@ def check_overlay_support(root: str) -> str:
     """Try an overlay mount (two lowers, an upper) in ``root``; return ``""`` if it works, else why not."""
     from pyctr import mount
 
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    d = tempfile.mkdtemp(prefix="probe-", dir=root)
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        d = tempfile.mkdtemp(prefix="probe-", dir=root)
+    except OSError as e:
+        return f"cannot use {root} for overlay snapshots: {e.strerror}"
     try:
         for sub in ("l1", "l2", "u", "w", "m"):
             os.mkdir(os.path.join(d, sub))
