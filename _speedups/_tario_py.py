@@ -302,7 +302,12 @@ def read_header(stream: _Stream) -> Header | None:
         h.devminor = _num(block[337:345], "devminor")
     if typ == b"\0" and h.name.endswith(b"/"):
         h.type = b"5"
-    if typ == b"S":  # old GNU sparse: map in the header, continued in extension blocks
+    return _finish_header(h, block, pax, stream)
+
+
+def _finish_header(h: Header, block: bytes, pax: list[tuple[bytes, bytes]], stream: _Stream) -> Header:
+    """Fold in an old GNU sparse map and the PAX records (shared with the compiled parser)."""
+    if block[156:157] == b"S":  # old GNU sparse: map in the header, continued in extension blocks
         h.type = b"0"
         segs = _old_gnu_sparse(block[386:482], 4)
         ext = block[482]
