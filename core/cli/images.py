@@ -211,3 +211,7 @@ def _register_remote() -> None:
 
 
 _register_remote()
+
+from . import images_build  # noqa: E402  (pyctr images build-busybox)
+
+images_build.register(app)

@@ -91,7 +91,8 @@ class Archive:
             self.tar = tarfile.open(fileobj=fileobj, mode="r:*")  # noqa: SIM115 - closed by close()
             members = self.tar.getmembers()
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-            raise DataLoss(f"not a readable tar archive: {e}") from None
+            why = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+            raise DataLoss(f"not a readable tar archive (plain, gzip, bzip2 or xz): {why}") from None
         self.members: dict[str, tarfile.TarInfo] = {}
         for m in members:
             name = _clean(m.name)

@@ -184,13 +184,27 @@ class ImageService:
     def unpack(self, ns: str, name: str, snapshotter: str | None = None, platform: str | None = None) -> str:
         """Unpack ``name``'s layers (for ``platform``, default the host) into ``snapshotter``; return the
         chain ID of the top layer.  Layers already committed are reused."""
+        img = self.resolve(ns, name)
+        return self.unpack_target(ns, img.target, snapshotter, platform)
+
+    def unpack_target(self, ns: str, target: Descriptor, snapshotter: str | None = None,
+                      platform: str | None = None, *, lease: str | None = None) -> str:
+        """Unpack the image whose root descriptor is ``target`` (no record needed: a pull unpacks before
+        it makes the record).  With ``lease``, what is committed is held by that lease and removed again
+        if the unpack fails; without, a temporary lease is used.  Returns the top chain ID."""
         from .unpack import Unpacker
 
-        img = self.resolve(ns, name)
         matcher = plat.only(platform) if platform else plat.default()
         sn = self.snapshotter_name(ns, snapshotter)
-        with self.temporary_lease(ns, "unpack") as lease:
-            return Unpacker(self, ns, sn, lease).unpack(img.target, matcher).top
+        if lease is None:
+            with self.temporary_lease(ns, "unpack") as tmp:
+                return Unpacker(self, ns, sn, tmp).unpack(target, matcher).top
+        u = Unpacker(self, ns, sn, lease)
+        try:
+            return u.unpack(target, matcher).top
+        except BaseException:
+            u.rollback()
+            raise
 
     # -- archives --------------------------------------------------------------------------------
 
