@@ -1,0 +1,1 @@
+"""Runtime plugins (``pyctr.runtime.*``)."""

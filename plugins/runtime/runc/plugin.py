@@ -1,0 +1,39 @@
+"""Registers ``pyctr.runtime.runc``: containers run by runc under pyctr's shims."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from pyctr.hookspecs import hookimpl
+from pyctr.registry import InitContext, PluginType, Registration, SkipPlugin
+
+
+def _init(ctx: InitContext) -> Any:
+    binary = str(ctx.config["runc_binary"])
+    if shutil.which(binary) is None:
+        raise SkipPlugin(f"runc binary {binary!r} not found on PATH (apt-get install runc)")
+    from .manager import RuncRuntime
+
+    return RuncRuntime(
+        ctx.state,
+        runc_binary=binary,
+        runc_root=str(ctx.config["runc_root"]),
+        cgroup_parent=str(ctx.config["cgroup_parent"]),
+        shim_debug=bool(ctx.config["shim_debug"]),
+    )
+
+
+@hookimpl
+def pyctr_plugin_registrations() -> list[Registration]:
+    return [
+        Registration(
+            type=PluginType.RUNTIME,
+            id="pyctr.runtime.runc",
+            init=_init,
+            config={"runc_binary": "runc", "runc_root": "", "cgroup_parent": "/pyctr", "shim_debug": False},
+            platforms=("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le", "linux/s390x",
+                       "linux/riscv64", "linux/386"),
+            description="Tasks run by runc, supervised by pyctr shims (grouping, restart-safe).",
+        )
+    ]

@@ -1,0 +1,361 @@
+"""The runc runtime with real runc: lifecycle, stdio, TTY, exec, groups, dead shims, restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyctr.errdefs import AlreadyExists, DeadlineExceeded, FailedPrecondition, NotFound
+from pyctr.mount import mount_points
+from pyctr.plugins.runtime.runc import cgroups
+from pyctr.plugins.runtime.runc.manager import RuncRuntime
+from pyctr.runtime import CommandNotFound, ProcessIO, RuntimeEvent, TaskStatus
+from runtime_helpers import (
+    bind_mounts,
+    busybox_spec,
+    cgroup_parent_for,
+    make_busybox_rootfs,
+    need_runc,
+    pid_alive,
+    runtime,
+    shim_pids,
+    wait_gone,
+)
+
+pytestmark = pytest.mark.integration
+NS = "default"
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_runc()
+    return make_busybox_rootfs(tmp_path_factory.mktemp("bb") / "rootfs")
+
+
+@pytest.fixture
+def rt(tmp_path: Path) -> Iterator[RuncRuntime]:
+    need_runc()
+    with runtime(tmp_path / "state") as r:
+        yield r
+
+
+def test_exit_code_and_separate_streams(rt: RuncRuntime, rootfs: Path, tmp_path: Path) -> None:
+    out, err = tmp_path / "out", tmp_path / "err"
+    spec = busybox_spec(rootfs, ["sh", "-c", "echo to-out; echo to-err >&2; exit 7"])
+    t = rt.create(NS, "c1", spec, [], ProcessIO(stdout=str(out), stderr=str(err)))
+    assert t.state().status == TaskStatus.CREATED
+    cg = rt.cgroup_path(NS, "c1")
+    assert cg == f"{rt.cgroup_parent}/default/c1" and cgroups.exists(cg)
+    assert t.start() == t.pid > 0
+    st = t.wait(timeout=20)
+    assert st.exit_status == 7
+    assert out.read_text() == "to-out\n" and err.read_text() == "to-err\n"
+    s = t.state()
+    assert s.status == TaskStatus.STOPPED and s.exit_status == 7 and s.exited_at == st.exited_at
+    assert json.loads((rt.bundle(NS, "c1").path / "exit").read_text())["exit_status"] == 7
+    assert t.delete().exit_status == 7
+    assert not cgroups.exists(cg), "runc delete left the cgroup"
+    assert not rt.bundle(NS, "c1").path.exists()
+    with pytest.raises(NotFound):
+        rt.get(NS, "c1")
+
+
+def test_kill_signals(rt: RuncRuntime, rootfs: Path) -> None:
+    t = rt.create(NS, "k", busybox_spec(rootfs, ["sh", "-c", "trap 'exit 42' TERM; sleep 100 & wait"]), [],
+                  ProcessIO())
+    t.start()
+    time.sleep(0.2)
+    t.kill(signal.SIGTERM)
+    assert t.wait(timeout=20).exit_status == 42
+    with pytest.raises(FailedPrecondition, match="already exited"):
+        t.kill(signal.SIGKILL)
+    t.delete()
+
+    t = rt.create(NS, "k2", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO())
+    t.start()
+    t.kill(signal.SIGKILL, all=True)
+    assert t.wait(timeout=20).exit_status == 128 + signal.SIGKILL
+    t.delete()
+
+
+def test_stdin_fifo_and_passed_fds(rt: RuncRuntime, rootfs: Path, tmp_path: Path) -> None:
+    # FIFO stdin (copied by the shim) and a FIFO stdout the caller reads
+    fin, fout = tmp_path / "in", tmp_path / "outfifo"
+    os.mkfifo(fin)
+    os.mkfifo(fout)
+    rfd = os.open(fout, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        io = ProcessIO(stdin=str(fin), stdout=str(fout))
+        t = rt.create(NS, "cat", busybox_spec(rootfs, ["cat"]), [], io)
+        t.start()
+        with open(fin, "wb") as w:
+            w.write(b"piped through a fifo\n")
+        assert t.wait(timeout=20).exit_status == 0
+        os.set_blocking(rfd, True)
+        assert os.read(rfd, 4096) == b"piped through a fifo\n"
+    finally:
+        os.close(rfd)
+    t.delete()
+
+    # the caller's own fds (embedded mode): handed to the container, no copy
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        t = rt.create(NS, "cat2", busybox_spec(rootfs, ["sh", "-c", "cat; echo done"]), [],
+                      ProcessIO(stdin=in_r, stdout=out_w, stderr=out_w))
+        os.close(in_r)
+        os.close(out_w)
+        t.start()
+        os.write(in_w, b"hello fds\n")
+        os.close(in_w)
+        assert t.wait(timeout=20).exit_status == 0
+        data = b""
+        while chunk := os.read(out_r, 4096):
+            data += chunk
+        assert data == b"hello fds\ndone\n"
+    finally:
+        for fd in (in_w, out_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    t.delete()
+
+
+def test_json_log_and_log_uri(rt: RuncRuntime, rootfs: Path, tmp_path: Path) -> None:
+    jl, raw, out = tmp_path / "log.json", tmp_path / "raw.log", tmp_path / "out"
+    spec = busybox_spec(rootfs, ["sh", "-c", "echo a; echo b >&2; printf 'no-newline'"])
+    t = rt.create(NS, "logs", spec, [], ProcessIO(stdout=str(out), json_log=str(jl), log_uri=f"file://{raw}"))
+    t.start()
+    assert t.wait(timeout=20).exit_status == 0
+    lines = [json.loads(x) for x in jl.read_text().splitlines()]
+    got = sorted((e["stream"], e["log"]) for e in lines)
+    assert got == [("stderr", "b\n"), ("stdout", "a\n"), ("stdout", "no-newline")]
+    assert all(e["time"].endswith("Z") and "T" in e["time"] for e in lines)
+    assert out.read_text() == "a\nno-newline"
+    assert sorted(raw.read_text()) == sorted("a\nb\nno-newline")  # both streams, interleaved
+    t.delete()
+
+
+def test_tty_console_and_resize(rt: RuncRuntime, rootfs: Path) -> None:
+    r, w = os.pipe()
+    try:
+        spec = busybox_spec(rootfs, ["sh", "-c", "sleep 0.5; tty; stty size"], tty=True)
+        t = rt.create(NS, "tty", spec, [], ProcessIO(stdout=w, terminal=True))
+        os.close(w)
+        t.start()
+        t.resize_pty(120, 40)
+        assert t.wait(timeout=20).exit_status == 0
+        data = b""
+        while chunk := os.read(r, 4096):
+            data += chunk
+    finally:
+        os.close(r)
+    assert data.replace(b"\r", b"").split(b"\n")[:2] == [b"/dev/pts/0", b"40 120"]
+    t.delete()
+
+
+def test_exec_pause_resume_pids(rt: RuncRuntime, rootfs: Path, tmp_path: Path) -> None:
+    t = rt.create(NS, "ex", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO())
+    t.start()
+    out = tmp_path / "exec.out"
+    t.exec("e1", {"args": ["sh", "-c", "echo from-exec; exit 3"], "cwd": "/", "env": ["PATH=/bin"],
+                  "user": {"uid": 0, "gid": 0}}, ProcessIO(stdout=str(out)))
+    assert t.state("e1").status == TaskStatus.CREATED
+    with pytest.raises(AlreadyExists):
+        t.exec("e1", {"args": ["true"], "cwd": "/"}, ProcessIO())
+    pid = t.start("e1")
+    assert pid > 0
+    assert t.wait(timeout=20, exec_id="e1").exit_status == 3
+    assert out.read_text() == "from-exec\n"
+    assert t.state("e1").status == TaskStatus.STOPPED
+    assert t.delete(exec_id="e1").exit_status == 3
+    with pytest.raises(NotFound):
+        t.state("e1")
+    with pytest.raises(CommandNotFound):
+        t.exec("e2", {"args": ["/no/such/cmd"], "cwd": "/"}, ProcessIO())
+        t.start("e2")
+
+    assert t.pid in [p.pid for p in t.pids()]
+    t.pause()
+    assert t.state().status == TaskStatus.PAUSED
+    t.resume()
+    assert t.state().status == TaskStatus.RUNNING
+    st = t.stats()
+    assert st["pids_current"] >= 1 and st["memory_usage"] > 0
+    with pytest.raises(DeadlineExceeded):
+        t.wait(timeout=0.3)
+    with pytest.raises(FailedPrecondition, match="running"):
+        t.delete()
+    t.kill(signal.SIGKILL)
+    t.wait(timeout=20)
+    with pytest.raises(FailedPrecondition):
+        t.exec("late", {"args": ["true"], "cwd": "/"}, ProcessIO())
+    t.delete()
+
+
+def test_missing_command_is_127_and_leaves_nothing(rt: RuncRuntime, rootfs: Path) -> None:
+    spec = busybox_spec(rootfs, ["/no/such/cmd"])
+    with pytest.raises(CommandNotFound) as ei:
+        rt.create(NS, "bad", spec, bind_mounts(rootfs), ProcessIO())
+    assert ei.value.exit_code == 127
+    assert "/no/such/cmd" in str(ei.value) and "\n" not in str(ei.value)
+    assert not rt.bundle(NS, "bad").path.exists()
+    assert not cgroups.exists(rt.cgroup_path(NS, "bad"))
+    assert not any(m.startswith(str(rt.state)) for m in mount_points())
+    assert shim_pids(rt) == set()
+
+
+def test_rootfs_mounts_and_already_exists(rt: RuncRuntime, rootfs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = busybox_spec(rootfs, ["sh", "-c", "ls /bin/busybox; sleep 100"])
+    t = rt.create(NS, "m", spec, bind_mounts(rootfs), ProcessIO(stdout=str(out)))
+    bundle_rootfs = str(rt.bundle(NS, "m").rootfs)
+    assert bundle_rootfs in mount_points()
+    with pytest.raises(AlreadyExists):
+        rt.create(NS, "m", spec, bind_mounts(rootfs), ProcessIO())
+    t.start()
+    t.delete(force=True)
+    assert bundle_rootfs not in mount_points()
+    assert out.read_text() == "/bin/busybox\n"
+
+
+def test_group_shares_one_shim(rt: RuncRuntime, rootfs: Path) -> None:
+    tasks = [rt.create(NS, f"g{i}", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO(), group="batch")
+             for i in range(4)]
+    for t in tasks:
+        t.start()
+    pids = {t.state().shim_pid for t in tasks}
+    assert len(pids) == 1
+    shim = pids.pop()
+    assert {t.state().group for t in tasks} == {"batch"}
+    for t in tasks[:-1]:
+        t.kill(signal.SIGKILL)
+        t.wait(timeout=20)
+        t.delete()
+    assert pid_alive(shim)
+    tasks[-1].kill(signal.SIGKILL)
+    tasks[-1].wait(timeout=20)
+    tasks[-1].delete()
+    assert wait_gone(shim), "the shim did not exit after its last task"
+
+
+def test_shim_killed_is_detected(rt: RuncRuntime, rootfs: Path) -> None:
+    t = rt.create(NS, "victim", busybox_spec(rootfs, ["sleep", "100"]), bind_mounts(rootfs), ProcessIO())
+    t.start()
+    shim = t.state().shim_pid
+    cpid = t.pid
+    os.kill(shim, signal.SIGKILL)
+    assert wait_gone(shim)
+    st = t.state()
+    assert st.status == TaskStatus.STOPPED and st.exit_status == 255 and st.reason == "shim died"
+    assert wait_gone(cpid), "the container process outlived its dead shim's clean-up"
+    assert not cgroups.exists(rt.cgroup_path(NS, "victim"))
+    assert str(rt.bundle(NS, "victim").rootfs) not in mount_points()
+    with pytest.raises(FailedPrecondition):
+        t.kill(signal.SIGKILL)
+    assert t.wait(timeout=1).exit_status == 255
+    assert t.delete().exit_status == 255
+    assert not rt.bundle(NS, "victim").path.exists()
+
+
+def test_restart_learns_exits(tmp_path: Path, rootfs: Path) -> None:
+    need_runc()
+    state = tmp_path / "state"
+    rt1 = RuncRuntime(state, cgroup_parent=cgroup_parent_for(state))
+    try:
+        a = rt1.create(NS, "a", busybox_spec(rootfs, ["sh", "-c", "sleep 0.3; exit 5"]), [], ProcessIO())
+        a.start()
+        b = rt1.create(NS, "b", busybox_spec(rootfs, ["sh", "-c", "sleep 0.3; exit 6"]), [], ProcessIO())
+        b.start()
+        c = rt1.create(NS, "c", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO())
+        c.start()
+        shim_b = b.state().shim_pid
+    finally:
+        rt1.close()  # the "daemon" goes away; the shims stay
+    time.sleep(0.8)
+    os.kill(shim_b, signal.SIGKILL)  # b's shim dies after b exited: the exit file tells
+    assert wait_gone(shim_b)
+    with runtime(state) as rt2:
+        got: list[RuntimeEvent] = []
+        rt2.set_publisher(got.append)
+        seen = [(e.topic, e.event["container_id"], e.event["exit_status"]) for e in got]
+        assert seen == [("/tasks/exit", "b", 6)]
+        assert {t.id for t in rt2.tasks(NS)} == {"a", "b", "c"}
+        sa = rt2.get(NS, "a").state()
+        assert (sa.status, sa.exit_status) == (TaskStatus.STOPPED, 5)
+        assert rt2.get(NS, "a").wait(timeout=5).exit_status == 5
+        sb = rt2.get(NS, "b").state()
+        assert (sb.status, sb.exit_status, sb.reason) == (TaskStatus.STOPPED, 6, "")
+        assert rt2.get(NS, "c").state().status == TaskStatus.RUNNING
+        # events from live shims reach the publisher of the new runtime
+        rt2.get(NS, "c").kill(signal.SIGKILL)
+        assert rt2.get(NS, "c").wait(timeout=20).exit_status == 137
+        def c_exit() -> bool:
+            return any(e.topic == "/tasks/exit" and e.event["container_id"] == "c" for e in got)
+
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not c_exit():
+            time.sleep(0.02)
+        assert c_exit()
+        for id in ("a", "b", "c"):
+            rt2.get(NS, id).delete()
+        assert rt2.tasks(NS) == []
+
+
+def test_event_order_and_publisher(rt: RuncRuntime, rootfs: Path) -> None:
+    got: list[RuntimeEvent] = []
+    lock = threading.Lock()
+
+    def pub(e: RuntimeEvent) -> None:
+        with lock:
+            got.append(e)
+
+    rt.set_publisher(pub)
+    t = rt.create(NS, "ev", busybox_spec(rootfs, ["true"]), [], ProcessIO())
+    t.start()
+    t.wait(timeout=20)
+    log = rt.bundle(NS, "ev").path / "events.jsonl"
+    topics = [json.loads(x)["topic"] for x in log.read_text().splitlines()]
+    assert topics == ["/tasks/create", "/tasks/start", "/tasks/exit"]
+    t.delete()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(got) < 4:
+        time.sleep(0.02)
+    assert [e.topic for e in got] == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
+    assert all(e.namespace == NS and e.event["container_id"] == "ev" for e in got)
+
+
+def test_resources_applied(rt: RuncRuntime, rootfs: Path) -> None:
+    spec = busybox_spec(rootfs, ["sleep", "100"], memory=64 << 20, pids_limit=50)
+    t = rt.create(NS, "res", spec, [], ProcessIO())
+    t.start()
+    st = t.stats()
+    assert st["memory_limit"] == 64 << 20
+    assert st["pids_limit"] == 50
+    t.delete(force=True)
+    assert not cgroups.exists(rt.cgroup_path(NS, "res"))
+
+
+def test_plugin_registration(tmp_path: Path) -> None:
+    need_runc()
+    from pyctr.config import Config
+    from pyctr.engine import Engine
+
+    cfg = Config(root=str(tmp_path / "root"), state=str(tmp_path / "state"))
+    eng = Engine(cfg)
+    try:
+        rt = eng.plugin("runtime")
+        assert isinstance(rt, RuncRuntime)
+        assert rt.state == tmp_path / "state" / "pyctr.runtime.runc"
+        assert rt.runc_root == rt.state / "runc"
+    finally:
+        eng.close()
+        if str(rt.sock_dir).startswith("/tmp/pyctr-s-"):
+            shutil.rmtree(rt.sock_dir, ignore_errors=True)
