@@ -64,6 +64,8 @@ class TLSFiles:
     ca: Path
     cert: Path
     key: Path
+    client_cert: Path
+    client_key: Path
 
 
 @pytest.fixture(scope="session")
@@ -78,7 +80,12 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
                                "extendedKeyUsage=serverAuth\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    return TLSFiles(d, d / "ca.crt", d / "server.crt", d / "server.key")
+    _openssl("req", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=pyctr test client",
+             cwd=d)
+    (d / "client.cnf").write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "client.cert", "-days", "2", "-extfile", "client.cnf", cwd=d)
+    return TLSFiles(d, d / "ca.crt", d / "server.crt", d / "server.key", d / "client.cert", d / "client.key")
 
 
 # -- token service ---------------------------------------------------------------------------------
@@ -176,6 +183,7 @@ class RegistryServer:
     kind: str = "plain"
     tls: TLSFiles | None = None
     token: TokenService | None = None
+    client_certs: bool = False  # TLS that requires a client certificate signed by the test CA
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -201,6 +209,8 @@ class RegistryServer:
                  "http:", f"  addr: {self.addr}"]
         if self.tls:
             lines += ["  tls:", f"    certificate: {self.tls.cert}", f"    key: {self.tls.key}"]
+            if self.client_certs:
+                lines += ["    clientcas:", f"      - {self.tls.ca}"]
         if self.kind == "htpasswd":
             _need("htpasswd")
             pw = subprocess.run(["htpasswd", "-Bbn", USER, PASSWORD], capture_output=True, text=True,
@@ -225,6 +235,8 @@ class RegistryServer:
         finally:
             log.close()
         ctx = ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else None
+        if ctx is not None and self.client_certs and self.tls is not None:
+            ctx.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -292,14 +304,14 @@ def registry_factory(tmp_path: Path, tls_files: TLSFiles) -> Iterator[RegistryFa
     servers: list[RegistryServer] = []
     tokens: list[TokenService] = []
 
-    def make(kind: str = "plain", *, tls: bool | None = None) -> RegistryServer:
+    def make(kind: str = "plain", *, tls: bool | None = None, client_certs: bool = False) -> RegistryServer:
         base = tmp_path / f"registry-{len(servers)}"
         token = None
         if kind == "token":
             token = TokenService(base / "token")
             tokens.append(token)
         use_tls = kind == "tls" if tls is None else tls
-        srv = RegistryServer(base, kind, tls_files if use_tls else None, token)
+        srv = RegistryServer(base, kind, tls_files if use_tls else None, token, client_certs)
         servers.append(srv)
         return srv.start()
 
