@@ -32,7 +32,8 @@ cdef extern from *:
     int SHA256_Update(SHA256_CTX *c, const void *data, size_t n) nogil
     int SHA256_Final(unsigned char *md, SHA256_CTX *c) nogil
 
-DEF NOGIL_THRESHOLD = 65536
+cdef enum:
+    NOGIL_THRESHOLD = 65536  # release the GIL for updates at least this large
 BUFSIZE = 1 << 20
 
 
