@@ -147,13 +147,13 @@ def push_image(
     image = images.resolve(ns, local or ref)
     target = parse(ref)
     renderer = ProgressRenderer()
-    sent: dict[str, int] = {}
+    outcome: dict[str, tuple[str, int]] = {}  # blob digest -> (done | mounted | exists, size)
     lock = threading.Lock()
 
     def progress(ev: Any) -> None:
-        if ev.state == "done" and ev.kind in ("layer", "config", "unknown"):
+        if ev.state in ("done", "mounted", "exists") and ev.kind in ("layer", "config", "unknown"):
             with lock:
-                sent[ev.digest] = ev.total
+                outcome[ev.digest] = (ev.state, ev.total)
         renderer(ev)
 
     t0 = time.monotonic()
@@ -161,7 +161,11 @@ def push_image(
               progress=progress)
     renderer.finish()
     seconds = time.monotonic() - t0
-    print(_summary("pushed", str(target), image.target.digest, sum(sent.values()), len(sent), seconds))
+    sent = [size for state, size in outcome.values() if state == "done"]
+    mounted = sum(1 for state, _ in outcome.values() if state == "mounted")
+    present = sum(1 for state, _ in outcome.values() if state == "exists")
+    extra = (f", {mounted} mounted" if mounted else "") + (f", {present} already there" if present else "")
+    print(_summary("pushed", str(target), image.target.digest, sum(sent), len(sent), seconds, extra))
 
 
 PlainHttp = Annotated[bool, typer.Option("--plain-http", help="Talk HTTP, not HTTPS, to the registry.")]
