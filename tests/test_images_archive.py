@@ -430,3 +430,23 @@ def test_containerd_imports_pyctr_export(svc: Any, busybox: Path, tmp_path: Path
         assert img.target.digest in ls
         chk = subprocess.run([*ctr, "images", "check"], capture_output=True, text=True, check=True).stdout
         assert "complete" in chk
+
+
+def test_concurrent_imports_of_one_archive(tmp_root: Roots, tmp_path: Path) -> None:
+    from conftest import child_env, pyctr_executable
+
+    lay = Layout(tmp_path / "lay")
+    lay.add(lay.image([{f"f{i}": os.urandom(1 << 20) for i in range(8)}, {"g": b"g"}]), "1")
+    tarball = lay.tar(tmp_path / "c.tar")
+    cmd = [pyctr_executable(), *tmp_root.args(), "images", "import", "--no-unpack", "--base-name", "acc/c",
+           str(tarball)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    with Client(root=str(tmp_root.root), state=str(tmp_root.state), config=str(tmp_root.config)) as c:
+        s = c.plugin("images")
+        assert [i.name for i in s.list(NS)] == ["acc/c:1"]
+        assert s.check(NS, "acc/c:1")["status"] == "complete"
+        assert s.md.leases.list(NS) == []
+        assert s.content.list_statuses(NS) == []

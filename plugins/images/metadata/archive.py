@@ -40,6 +40,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from pyctr import reference
 from pyctr.content import Descriptor
 from pyctr.errdefs import (
     AlreadyExists,
+    Conflict,
     DataLoss,
     InvalidArgument,
     NotFound,
@@ -71,6 +73,8 @@ ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 OCI_LAYOUT_VERSION = "1.0.0"
 CHUNK = 1 << 20
 MAX_LINK_DEPTH = 16
+#: how long to wait for another writer of the same blob before giving up
+WRITER_WAIT_S = 600.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -564,7 +568,10 @@ class Importer:
             except BaseException:
                 for u in reversed(unpackers):
                     u.rollback()
+                mine = set(added)
                 for digest in reversed(added):
+                    if self._referenced_elsewhere(digest, mine):
+                        continue  # a concurrent import or pull committed it too: the GC decides
                     try:
                         svc.content.delete(ns, digest)
                     except PyctrError as e:
@@ -581,11 +588,26 @@ class Importer:
             svc.set_blob_labels(ns, d.digest, blob.labels)
             return False
         ref = f"import-{imgs.ingest_ref(d)}"
-        try:
-            w = cs.writer(ns, ref, d.size, d.digest)
-        except AlreadyExists:
-            svc.set_blob_labels(ns, d.digest, blob.labels)
-            return True
+        delay, waited = 0.016, 0.0
+        while True:
+            try:
+                w = cs.writer(ns, ref, d.size, d.digest)
+                break
+            except AlreadyExists:
+                svc.set_blob_labels(ns, d.digest, blob.labels)
+                return True
+            except Conflict:
+                # another import or pull is writing this blob (containerd's OpenWriter backs off too)
+                if waited > WRITER_WAIT_S:
+                    raise
+                time.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 2.0)
+                if cs.exists(ns, d.digest):
+                    with contextlib.suppress(PyctrError):
+                        svc.lease_add(ns, lease, "content", d.digest)
+                    svc.set_blob_labels(ns, d.digest, blob.labels)
+                    return False
         committed = False
         try:
             if w.offset:
@@ -625,6 +647,14 @@ class Importer:
         with contextlib.suppress(PyctrError):
             svc.lease_add(ns, lease, "content", d.digest)
         return True
+
+    def _referenced_elsewhere(self, digest: str, mine: set[str]) -> bool:
+        """Whether an image record or a blob this import did not add points at ``digest``."""
+        db = self.svc.md.db
+        if self.svc.store.by_target(self.ns, digest):
+            return True
+        rows = db.query("SELECT digest FROM content WHERE ns=? AND labels LIKE ?", (self.ns, f"%{digest}%"))
+        return any(r[0] not in mine for r in rows)
 
     @staticmethod
     def desc_of(blob: Blob) -> Descriptor:
