@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from pyctr.content import Descriptor
 from pyctr.errdefs import AlreadyExists, InvalidArgument, NotFound
 from pyctr.images import Image
@@ -20,27 +19,29 @@ INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 @pytest.fixture
-def events() -> list[tuple[str, dict[str, Any]]]:
+def events() -> list[tuple[str, str, dict[str, Any]]]:
     return []
 
 
 @pytest.fixture
-def store(tmp_path: Path, events: list[tuple[str, dict[str, Any]]]) -> ImageStore:
+def store(tmp_path: Path, events: list[tuple[str, str, dict[str, Any]]]) -> ImageStore:
     db = MetadataDB(tmp_path / "meta.db")
-    return ImageStore(db, publish=lambda t, p: events.append((t, p)))
+    return ImageStore(db, publish=lambda ns, t, p: events.append((ns, t, p)))
 
 
 def img(name: str, digest: str = D1, mt: str = MANIFEST, size: int = 10, **labels: str) -> Image:
-    return Image(name=name, target=Descriptor(mt, digest, size, annotations={"a.b": "c"}), labels=dict(labels))
+    target = Descriptor(mt, digest, size, annotations={"a.b": "c"})
+    return Image(name=name, target=target, labels=dict(labels))
 
 
-def test_create_get_roundtrip(store: ImageStore, events: list[tuple[str, dict[str, Any]]]) -> None:
+def test_create_get_roundtrip(store: ImageStore, events: list[tuple[str, str, dict[str, Any]]]) -> None:
     made = store.create("default", img("docker.io/library/busybox:latest", foo="bar"))
     got = store.get("default", "docker.io/library/busybox:latest")
     assert got.target == made.target
     assert got.labels == {"foo": "bar"}
     assert got.created_at == made.created_at > 0
-    assert events == [("/images/create", {"name": "docker.io/library/busybox:latest", "labels": {"foo": "bar"}})]
+    assert events == [("default", "/images/create",
+                       {"name": "docker.io/library/busybox:latest", "labels": {"foo": "bar"}})]
     # the namespace came into being with the first record
     row = store.db.query_one("SELECT name FROM namespaces WHERE name='default'")
     assert row is not None
@@ -71,7 +72,7 @@ def test_invalid_records_are_refused(store: ImageStore, bad: Image) -> None:
     assert store.list("default") == []
 
 
-def test_update_fieldpaths(store: ImageStore, events: list[tuple[str, dict[str, Any]]]) -> None:
+def test_update_fieldpaths(store: ImageStore, events: list[tuple[str, str, dict[str, Any]]]) -> None:
     store.create("default", img("a:1", keep="1", drop="2"))
     new = img("a:1", D2, drop="", add="3")
     out = store.update("default", new, ["labels.drop", "labels.add"])
@@ -83,7 +84,7 @@ def test_update_fieldpaths(store: ImageStore, events: list[tuple[str, dict[str, 
         store.update("default", new, ["name"])
     with pytest.raises(NotFound):
         store.update("default", img("nope:1"), ["labels"])
-    assert events[-1][0] == "/images/update"
+    assert events[-1][:2] == ("default", "/images/update")
 
 
 def test_create_or_update_merges_labels(store: ImageStore) -> None:
@@ -117,13 +118,16 @@ def test_list_filters(store: ImageStore) -> None:
         store.list("default", ["name~=("])
 
 
-def test_delete_marks_the_store_dirty(store: ImageStore, events: list[tuple[str, dict[str, Any]]]) -> None:
+Events = list[tuple[str, str, dict[str, Any]]]
+
+
+def test_delete_marks_the_store_dirty(store: ImageStore, events: Events) -> None:
     kinds: list[str] = []
     store.db.add_mutation_hook(kinds.append)
     store.create("default", img("a:1"))
     store.delete("default", "a:1")
     assert kinds == ["delete"]
-    assert events[-1] == ("/images/delete", {"name": "a:1"})
+    assert events[-1] == ("default", "/images/delete", {"name": "a:1"})
     with pytest.raises(NotFound):
         store.delete("default", "a:1")
     assert store.list("default") == []

@@ -10,7 +10,7 @@ Table ``images`` (component ``images``)::
     PRIMARY KEY(ns, name)
 
 Deleting a record calls ``db.mutated("delete")`` so the GC scheduler can collect what it held.
-``publish(topic, payload)``, when given, is called after each commit with ``/images/create``,
+``publish(ns, topic, payload)``, when given, is called after each commit with ``/images/create``,
 ``/images/update`` (payload ``{name, labels}``) and ``/images/delete`` (``{name}``).
 """
 
@@ -91,16 +91,17 @@ def _dumps(v: Any) -> str:
 class ImageStore:
     """CRUD over the ``images`` table; every method takes the namespace explicitly."""
 
-    def __init__(self, db: MetadataDB, publish: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, db: MetadataDB,
+                 publish: Callable[[str, str, dict[str, Any]], None] | None = None) -> None:
         self.db = db
         self.publish = publish
         self._namespaces = NamespaceStore(db)
         db.ensure_schema("images")
 
-    def _on_commit(self, tx: Tx, topic: str, payload: dict[str, Any]) -> None:
+    def _on_commit(self, tx: Tx, ns: str, topic: str, payload: dict[str, Any]) -> None:
         publish = self.publish
         if publish is not None:
-            tx.on_commit(lambda: publish(topic, payload))
+            tx.on_commit(lambda: publish(ns, topic, payload))
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -150,7 +151,7 @@ class ImageStore:
                 (ns, out.name, _dumps(out.target.to_oci()), _dumps(out.labels), out.created_at,
                  out.updated_at),
             )
-            self._on_commit(tx, "/images/create", {"name": out.name, "labels": dict(out.labels)})
+            self._on_commit(tx, ns, "/images/create", {"name": out.name, "labels": dict(out.labels)})
         return out
 
     def update(self, ns: str, img: Image, fieldpaths: Iterable[str] = ()) -> Image:
@@ -198,7 +199,7 @@ class ImageStore:
                 "UPDATE images SET target=?, labels=?, updated_at=? WHERE ns=? AND name=?",
                 (_dumps(out.target.to_oci()), _dumps(out.labels), out.updated_at, ns, out.name),
             )
-            self._on_commit(tx, "/images/update", {"name": out.name, "labels": dict(out.labels)})
+            self._on_commit(tx, ns, "/images/update", {"name": out.name, "labels": dict(out.labels)})
         if target.digest != cur.target.digest:
             self.db.mutated("update")
         return out
@@ -222,7 +223,7 @@ class ImageStore:
             if row is None:
                 raise NotFound(f"image {name!r} not found in namespace {ns!r}")
             tx.execute("DELETE FROM images WHERE ns=? AND name=?", (ns, name))
-            self._on_commit(tx, "/images/delete", {"name": name})
+            self._on_commit(tx, ns, "/images/delete", {"name": name})
         self.db.mutated("delete")
         return _row_to_image(row)
 
