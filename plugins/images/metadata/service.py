@@ -41,7 +41,9 @@ class ImageService:
         self.root = Path(root)
         self.state = Path(state)
         self.config = dict(config)
-        self.store = ImageStore(md.db)
+        # events: the metadata store's publisher, publish(ns, topic, payload), once the core offers one
+        publish = getattr(md, "publish", None)
+        self.store = ImageStore(md.db, publish=publish if callable(publish) else None)
         self.max_blob_size = int(self.config.get("max_blob_size", 64 << 30))
         self.max_json_size = int(self.config.get("max_json_size", 20 << 20))
 
