@@ -68,6 +68,15 @@ def _labels(items: list[str] | None) -> dict[str, str]:
     return parse_labels(items or [])
 
 
+def _rooted(items: list[str] | None) -> dict[str, str]:
+    """The labels given, plus ``containerd.io/gc.root`` (as ``ctr snapshots prepare/view`` set it), so
+    the garbage collector keeps a snapshot made by hand until it is removed by hand."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"containerd.io/gc.root": now, **_labels(items)}
+
+
 def _print_mounts(target: str, mounts: list[Any]) -> None:
     from ..mount import mount_command
 
@@ -131,7 +140,7 @@ def tree(ctx: typer.Context, snapshotter: _SnOpt = None) -> None:
 def _create(ctx: typer.Context, view: bool, key: str, parent: str, target: str | None,
             labels: list[str] | None, snapshotter: str | None, output: str) -> None:
     sn, ns = _sn(ctx, snapshotter)
-    lbls = _labels(labels)
+    lbls = _rooted(labels)
     mounts = sn.view(ns, key, parent, lbls) if view else sn.prepare(ns, key, parent, lbls)
     if output == "json":
         _json([m.to_dict() for m in mounts])
@@ -177,9 +186,10 @@ def commit(
     label: _LabelOpt = None,
     snapshotter: _SnOpt = None,
 ) -> None:
-    """Commit the active snapshot KEY as NAME."""
+    """Commit the active snapshot KEY as NAME (labelled containerd.io/gc.root, so the garbage collector
+    keeps it until it is removed)."""
     sn, ns = _sn(ctx, snapshotter)
-    sn.commit(ns, name, key, _labels(label))
+    sn.commit(ns, name, key, _rooted(label))
 
 
 @app.command("rm")
