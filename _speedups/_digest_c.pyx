@@ -13,6 +13,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset, strerror
 from posix.unistd cimport read, write
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.exc cimport PyErr_CheckSignals
 
 from pyctr._speedups._digest_py import KIND_MIDSTATE, pack_state, unpack_state
 
@@ -126,7 +127,9 @@ cdef class Sha256:
 def copy_and_hash(int src_fd, int dst_fd, hasher, long long limit=-1, Py_ssize_t bufsize=BUFSIZE):
     """Read ``src_fd`` until EOF (or ``limit`` bytes), write each chunk fully to ``dst_fd`` (unless it is
     -1) and hash it, all without the GIL.  A chunk is hashed only once written, so after an OSError
-    ``hasher.count`` still says how many bytes reached ``dst_fd``.  Returns the bytes copied."""
+    ``hasher.count`` still says how many bytes reached ``dst_fd``.  Signals interrupt the loop as they
+    would Python code (a blocked read returns EINTR, then the handlers run: Ctrl-C raises
+    KeyboardInterrupt).  Returns the bytes copied."""
     if not isinstance(hasher, Sha256):
         from pyctr._speedups._digest_py import copy_and_hash as py_copy
 
@@ -152,6 +155,8 @@ def copy_and_hash(int src_fd, int dst_fd, hasher, long long limit=-1, Py_ssize_t
                 n = read(src_fd, buf, want)
                 if n < 0:
                     if errno == EINTR:
+                        with gil:
+                            PyErr_CheckSignals()  # Ctrl-C raises KeyboardInterrupt here
                         continue
                     err = errno
                     break
@@ -163,6 +168,8 @@ def copy_and_hash(int src_fd, int dst_fd, hasher, long long limit=-1, Py_ssize_t
                         w = write(dst_fd, buf + done, n - done)
                         if w < 0:
                             if errno == EINTR:
+                                with gil:
+                                    PyErr_CheckSignals()
                                 continue
                             err = errno
                             break

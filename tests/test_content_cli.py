@@ -143,3 +143,42 @@ def test_busy_ref_is_refused(pyctr_cli: PyctrCli, tmp_root: Roots) -> None:
     finally:
         w.abort()
     assert ingest_dirs(tmp_root) == [] and blob_files(tmp_root) == []
+
+
+def test_interrupted_ingest_resumes(tmp_root: Roots, speedups: Speedups) -> None:
+    """Ctrl-C during a blocked read stops the copy loop (the compiled one runs without the GIL) and keeps
+    what arrived; a second ingest with the same ref sends only the rest."""
+    import signal
+    import time
+
+    part1, part2 = os.urandom(200_000), os.urandom(100_000)
+    with subprocess.Popen([pyctr_executable(), *tmp_root.args(), "content", "ingest", "--ref", "slow"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env=child_env(speedups.env)) as proc:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(part1)
+            proc.stdin.flush()
+            data = tmp_root.root / "pyctr.content.local" / "ingest"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # wait until every byte sent has reached the ingest
+                sizes = [f.stat().st_size for f in data.glob("*/data")] if data.exists() else []
+                if sizes == [len(part1)]:
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=20)  # stdin stays open: only the signal can end the copy
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err
+    r = run_bytes(tmp_root, "content", "active", "-q")
+    assert r.stdout.split() == [b"slow"]
+    r = run_bytes(tmp_root, "content", "ingest", "--ref", "slow", "--expected-digest", sha(part1 + part2),
+                  input=part2, env=speedups.env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == sha(part1 + part2)
+    assert ingest_dirs(tmp_root) == []
