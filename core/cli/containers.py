@@ -24,7 +24,7 @@ def create(
     run_flags: dict[str, Any],
 ) -> None:
     """Create a container (record + writable snapshot) from an image: IMAGE ID [CMD...]."""
-    from .run import build_run_options, ensure_image
+    from ..runner import build_run_options, ensure_image
 
     o = opts(ctx)
     client = o.client()

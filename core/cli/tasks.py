@@ -16,27 +16,6 @@ app = typer.Typer(no_args_is_help=True)
 _ID = Annotated[str, typer.Argument(metavar="ID", help="Container id.", show_default=False)]
 
 
-def parse_signal(value: str) -> int:
-    """``KILL``, ``SIGKILL``, ``kill`` or ``9`` -> 9."""
-    import signal
-
-    from ..errdefs import InvalidArgument
-
-    v = value.strip()
-    if v.isdigit():
-        n = int(v)
-        if not 0 < n < signal.NSIG:
-            raise InvalidArgument(f"invalid signal number {n}")
-        return n
-    name = v.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    try:
-        return int(getattr(signal.Signals, name))
-    except AttributeError:
-        raise InvalidArgument(f"unknown signal {value!r}") from None
-
-
 @app.command("start")
 def start(
     ctx: typer.Context,
@@ -48,8 +27,8 @@ def start(
                                          show_default=False)] = "",
 ) -> None:
     """Start a container's task; attached (exit status = the task's) unless -d."""
+    from ..runner import foreground_io, run_task_attached
     from ..runtime import ProcessIO
-    from .run import _run_attached, foreground_io
 
     o = opts(ctx)
     svc = service(o.client())
@@ -65,7 +44,7 @@ def start(
         svc.start_task(ns, container, ProcessIO(json_log=json_log, log_uri=log_uri, terminal=tty))
         return
     task = svc.create_task(ns, container, foreground_io(interactive, tty, json_log, log_uri))
-    raise typer.Exit(_run_attached(svc, ns, container, task, tty, remove_container=False))
+    raise typer.Exit(run_task_attached(svc, ns, container, task, tty, remove_container=False))
 
 
 @app.command("ls")
@@ -98,7 +77,9 @@ def kill(
     exec_id: Annotated[str, typer.Option("--exec-id", help="Signal this exec'd process.",
                                          show_default=False)] = "",
 ) -> None:
-    """Signal a task (default SIGTERM)."""
+    """Signal a task (default SIGTERM; to a container init that would drop it, SIGKILL)."""
+    from ..signals import parse_signal
+
     o = opts(ctx)
     service(o.client()).kill_task(o.namespace, container, parse_signal(signal_), all=all_, exec_id=exec_id)
 
@@ -134,7 +115,7 @@ def resume(ctx: typer.Context, container: _ID) -> None:
 def attach(ctx: typer.Context, container: _ID) -> None:
     """Follow a running task's output (signals are forwarded) and exit with its status."""
     from ..errdefs import NotFound
-    from .run import _Attach, follow_log
+    from ..runner import Attach, follow_log
 
     o = opts(ctx)
     svc = service(o.client())
@@ -147,7 +128,7 @@ def attach(ctx: typer.Context, container: _ID) -> None:
         except NotFound:
             return False
 
-    with _Attach(False) as att:
+    with Attach(False) as att:
         att.task = task
         att.setup_signals()
         follow_log(str(svc.log_path(ns, container)), follow=True, tail=0, running=running)

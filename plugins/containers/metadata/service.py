@@ -141,35 +141,35 @@ class ContainerService:
         sn_name = self.images.snapshotter_name(ns, snapshotter)
         self._ensure_unpacked(ns, image_name, sn_name, top)
         sn = self.md.snapshotter(sn_name)
-        undo: list[Callable[[], None]] = []
-        try:
+        all_labels = dict(labels or {})
+        sig = stop_signal(config)
+        if sig:
+            all_labels.setdefault(LABEL_IMAGE_STOP_SIGNAL, sig)
+        # One write transaction for the snapshot and the record: the collector never sees the snapshot
+        # without the record that holds it, and a failure leaves neither.
+        with self.md.db.tx():
             try:
                 mounts = sn.prepare(ns, id_, top)
             except AlreadyExists:
                 raise AlreadyExists(
                     f"snapshot {id_!r} already exists in {sn_name}: remove it or choose another name"
                 ) from None
-            undo.append(lambda: sn.remove(ns, id_))
-            reader = root_for_mounts(mounts)
-            spec = generate_spec(config, reader, opts, container_id=id_, namespace=ns)
-            all_labels = dict(labels or {})
-            sig = stop_signal(config)
-            if sig:
-                all_labels.setdefault(LABEL_IMAGE_STOP_SIGNAL, sig)
-            rec = Container(
-                id=id_,
-                image=img.name,
-                snapshotter=sn_name,
-                snapshot_key=id_,
-                runtime=RuntimeInfo(runtime or DEFAULT_RUNTIME, dict(runtime_options or {})),
-                spec=spec,
-                labels=all_labels,
-                extensions={EXT_RUN_OPTIONS: opts.to_dict()},
-            )
-            return self.store.create(ns, rec)
-        except BaseException:
-            _rollback(undo)
-            raise
+            try:
+                spec = generate_spec(config, root_for_mounts(mounts), opts, container_id=id_, namespace=ns)
+                rec = Container(
+                    id=id_,
+                    image=img.name,
+                    snapshotter=sn_name,
+                    snapshot_key=id_,
+                    runtime=RuntimeInfo(runtime or DEFAULT_RUNTIME, dict(runtime_options or {})),
+                    spec=spec,
+                    labels=all_labels,
+                    extensions={EXT_RUN_OPTIONS: opts.to_dict()},
+                )
+                return self.store.create(ns, rec)
+            except BaseException:
+                _rollback([lambda: sn.remove(ns, id_)])
+                raise
 
     def delete_container(self, ns: str, id_: str, *, force: bool = False,
                          keep_snapshot: bool = False) -> None:
@@ -253,7 +253,12 @@ class ContainerService:
         return [out[k] for k in sorted(out)]
 
     def kill_task(self, ns: str, id_: str, signal: int = 15, *, all: bool = False, exec_id: str = "") -> None:
+        """Send ``signal`` (see :func:`effective_signal` for a container init that would drop it)."""
         task = self.get_task(ns, id_)
+        if not exec_id and not all:
+            from pyctr.signals import effective_signal
+
+            signal = effective_signal(task.pid, signal)
         task.kill(signal, all=all, exec_id=exec_id)
 
     def delete_task(self, ns: str, id_: str, *, force: bool = False, exec_id: str = "") -> ExitStatus:

@@ -1,0 +1,567 @@
+"""What ``pyctr run``, ``exec``, ``logs`` and ``tasks start``/``attach`` do, without the CLI framework.
+
+``run`` makes a container from an image (pulling and unpacking it first when it is missing), starts
+its task and, unless detached, attaches: the container's stdout and stderr are the caller's own file
+descriptors (no copy), stdin with ``-i``, a real pty with ``-t`` (raw mode, window size forwarded on
+SIGWINCH), SIGINT/SIGTERM/SIGHUP/SIGQUIT forwarded to the container.  It returns the container's exit
+status.  On any failure what was made so far (task, snapshot, record) is removed, in reverse order.
+
+:func:`fast_main` parses ``pyctr [global options] run ...`` by hand and runs it with nothing but the
+core: the typer app (and the pydantic machinery typer builds for every parameter) costs more than
+starting a container, and ``run --rm`` must be as quick as ``ctr run --rm``.  Anything it does not
+recognise (``--help``, an unknown flag, a malformed value) goes to the typer app, which reports it.
+The typer commands in :mod:`pyctr.cli.run` share :data:`RUN_OPTIONS` and call the same functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .oci import RunOptions
+    from .runtime import ProcessIO, Task
+
+SERVICE_ID = "pyctr.containers.metadata"
+
+_L = list[str] | None
+#: (parameter, default, type, flag spellings, help) of the options ``run`` and ``containers create`` share.
+RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...], str]] = [
+    ("tty", False, bool, ("--tty", "-t"), "Allocate a pty for the container."),
+    ("env", None, _L, ("--env", "-e"), "Set KEY=VALUE (KEY alone: take it from here, or unset it)."),
+    ("env_file", None, _L, ("--env-file",), "Read variables from a file."),
+    ("workdir", "", str, ("--workdir", "-w", "--cwd"), "Working directory inside."),
+    ("user", "", str, ("--user", "-u"), "USER[:GROUP] or UID[:GID]."),
+    ("entrypoint", None, str | None, ("--entrypoint",), "Replace the image's entrypoint ('' clears it)."),
+    ("mount", None, _L, ("--mount",),
+     "type=bind,src=HOST,dst=PATH[,options=rbind:ro] (or type=tmpfs,dst=PATH)."),
+    ("volume", None, _L, ("--volume", "-v"), "HOST:PATH[:ro] bind mount."),
+    ("read_only", False, bool, ("--read-only",), "Mount the rootfs read-only."),
+    ("hostname", "", str, ("--hostname",), "The container's host name."),
+    ("net", "none", str, ("--net", "--network"), "none (own namespace, lo only) or host."),
+    ("net_host", False, bool, ("--net-host",), "Same as --net host (ctr's spelling)."),
+    ("privileged", False, bool, ("--privileged",), "All capabilities, host devices, no seccomp or masks."),
+    ("cap_add", None, _L, ("--cap-add",), "Add a capability (or ALL)."),
+    ("cap_drop", None, _L, ("--cap-drop",), "Drop a capability (or ALL)."),
+    ("memory", "", str, ("--memory", "-m", "--memory-limit"), "Memory limit (bytes, or 64m, 1g ...)."),
+    ("cpus", "", str, ("--cpus",), "CPU quota in CPUs (0.5, 2)."),
+    ("pids_limit", None, int | None, ("--pids-limit",), "Most processes at once."),
+    ("label", None, _L, ("--label",), "KEY=VALUE label on the container."),
+    ("security_opt", None, _L, ("--security-opt",), "seccomp=unconfined turns the seccomp profile off."),
+    ("log_uri", "", str, ("--log-uri",), "Also append the output here (file:///path)."),
+    ("snapshotter", "", str, ("--snapshotter",), "Snapshotter for the rootfs."),
+    ("runtime", "", str, ("--runtime",), "Runtime plugin (default pyctr.runtime.runc)."),
+]
+#: ``run``'s own options: (parameter, default, type, flags, help).
+RUN_ONLY_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...], str]] = [
+    ("rm", False, bool, ("--rm",), "Remove the container when it exits."),
+    ("detach", False, bool, ("--detach", "-d"), "Start it and return."),
+    ("interactive", False, bool, ("--interactive", "-i"), "Keep stdin open."),
+    ("name", "", str, ("--name",), "Container id (default: 12 random hex digits)."),
+]
+
+
+def parse_labels(items: list[str]) -> dict[str, str]:
+    from .errdefs import InvalidArgument
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise InvalidArgument(f"invalid label {item!r}: want KEY=VALUE")
+        out[key] = value if sep else ""
+    return out
+
+
+def build_run_options(flags: dict[str, Any], args: list[str] | None) -> tuple[RunOptions, dict[str, str]]:
+    """``(RunOptions, container labels)`` from the shared flags and the command after the image."""
+    from . import oci
+    from .errdefs import InvalidArgument
+
+    env: list[str] = []
+    for f in flags.get("env_file") or []:
+        env.extend(oci.parse_env_file(f))
+    env.extend(flags.get("env") or [])
+    mounts = [oci.parse_mount(m) for m in flags.get("mount") or []]
+    mounts += [oci.parse_volume(v) for v in flags.get("volume") or []]
+    seccomp = True
+    for so in flags.get("security_opt") or []:
+        key, _, value = so.partition("=")
+        if key == "seccomp" and value == "unconfined":
+            seccomp = False
+        elif key != "no-new-privileges":
+            raise InvalidArgument(f"unsupported --security-opt {so!r} (supported: seccomp=unconfined)")
+    entry = flags.get("entrypoint")
+    net = "host" if flags.get("net_host") else (flags.get("net") or "none")
+    ro = oci.RunOptions(
+        args=list(args or []),
+        entrypoint=None if entry is None else ([entry] if entry else []),
+        env=oci.expand_host_env(env),
+        workdir=flags.get("workdir") or "",
+        user=flags.get("user") or "",
+        mounts=mounts,
+        read_only=bool(flags.get("read_only")),
+        hostname=flags.get("hostname") or "",
+        net=net,
+        privileged=bool(flags.get("privileged")),
+        cap_add=list(flags.get("cap_add") or []),
+        cap_drop=list(flags.get("cap_drop") or []),
+        memory=oci.parse_size(flags["memory"]) if flags.get("memory") else None,
+        cpus=oci.parse_cpus(flags["cpus"]) if flags.get("cpus") else None,
+        pids_limit=flags.get("pids_limit"),
+        tty=bool(flags.get("tty")),
+        seccomp=seccomp,
+    )
+    return ro, parse_labels(flags.get("label") or [])
+
+
+def service(client: Client) -> Any:
+    return client.plugin("service", SERVICE_ID)
+
+
+def ensure_image(client: Client, ns: str, image: str) -> None:
+    """Pull ``image`` when the namespace does not have it (through the distribution plugin)."""
+    from .errdefs import NotFound
+
+    images = client.plugin("images")
+    try:
+        images.resolve(ns, image)
+        return
+    except NotFound:
+        pass
+    from .reference import parse
+
+    parse(image)  # a malformed reference is an InvalidArgument, not a pull attempt
+    try:
+        dist = client.plugin("distribution")
+    except Exception as e:
+        raise NotFound(f"image {image!r} not found in namespace {ns!r} and cannot be pulled: {e}") from None
+    print(f"pulling {image} ...", file=sys.stderr)
+    dist.pull(ns, image)
+
+
+# -- attaching to a task -----------------------------------------------------------------------------
+
+class Attach(contextlib.ExitStack):
+    """Terminal raw mode, signal forwarding and window-size forwarding while a process runs."""
+
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty and os.isatty(0)
+        self.task: Task | None = None
+        self.exec_id = ""
+
+    def setup_signals(self) -> None:
+        import signal
+
+        def forward(signum: int, _frame: Any) -> None:
+            t = self.task
+            if t is not None:
+                with contextlib.suppress(Exception):
+                    sig = signum
+                    if not self.exec_id:
+                        from .signals import effective_signal
+
+                        sig = effective_signal(t.pid, signum)
+                    t.kill(sig, exec_id=self.exec_id)
+
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            old = signal.signal(s, forward)
+            self.callback(signal.signal, s, old)
+        if self.tty:
+            def winch(_signum: int, _frame: Any) -> None:
+                self.resize()
+
+            old = signal.signal(signal.SIGWINCH, winch)
+            self.callback(signal.signal, signal.SIGWINCH, old)
+
+    def raw(self) -> None:
+        if not self.tty:
+            return
+        import termios
+        import tty as _tty
+
+        saved = termios.tcgetattr(0)
+        _tty.setraw(0)
+        self.callback(termios.tcsetattr, 0, termios.TCSADRAIN, saved)
+
+    def resize(self) -> None:
+        t = self.task
+        if t is None or not self.tty:
+            return
+        with contextlib.suppress(Exception):
+            size = os.get_terminal_size(0)
+            t.resize_pty(size.columns, size.lines, exec_id=self.exec_id)
+
+
+def foreground_io(interactive: bool, tty: bool, json_log: str = "", log_uri: str = "") -> ProcessIO:
+    from .runtime import ProcessIO
+
+    return ProcessIO(stdin=0 if interactive else "", stdout=1, stderr=2, terminal=tty, json_log=json_log,
+                     log_uri=log_uri)
+
+
+def attached(task: Task, tty: bool, exec_id: str = "", on_started: Callable[[], None] | None = None) -> int:
+    """Start the created process attached to this terminal, forward signals and resizes, and return its
+    exit status."""
+    with Attach(tty) as att:
+        att.task, att.exec_id = task, exec_id
+        att.setup_signals()
+        att.raw()
+        task.start(exec_id)
+        if on_started is not None:
+            on_started()
+        att.resize()
+        while True:
+            try:
+                return int(task.wait(exec_id=exec_id).exit_status)
+            except InterruptedError:
+                continue
+
+
+def new_id() -> str:
+    import secrets
+
+    return secrets.token_hex(6)
+
+
+def cleanup(svc: Any, ns: str, cid: str, *, remove_container: bool, task: Task | None = None) -> None:
+    """Delete the task (and the container with its snapshot); errors here must not hide the first."""
+    if task is not None:
+        try:
+            task.delete(force=True)
+        except Exception as e:
+            import logging
+
+            logging.getLogger("pyctr.cli").debug("deleting task %s: %s", cid, e)
+    if remove_container:
+        try:
+            svc.delete_container(ns, cid, force=True)
+        except Exception as e:
+            print(f"pyctr: cleaning up container {cid}: {e}", file=sys.stderr)
+
+
+def run_task_attached(svc: Any, ns: str, cid: str, task: Task, tty: bool, *, remove_container: bool) -> int:
+    """Start a created task attached to this terminal; always delete the task afterwards (and the
+    container when asked, or when the start failed)."""
+    started: list[bool] = []
+    try:
+        return attached(task, tty, on_started=lambda: started.append(True))
+    finally:
+        cleanup(svc, ns, cid, remove_container=remove_container or not started, task=task)
+
+
+def log_file(svc: Any, ns: str, cid: str) -> str:
+    p = svc.log_path(ns, cid)
+    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return str(p)
+
+
+def run_container(client: Client, ns: str, image: str, args: list[str] | None, *, rm: bool = False,
+                  detach: bool = False, interactive: bool = False, name: str = "",
+                  flags: dict[str, Any] | None = None) -> int:
+    """``pyctr run``: the exit status of the container (0 after starting a detached one)."""
+    from .errdefs import InvalidArgument
+
+    flags = flags or {}
+    if rm and detach:
+        raise InvalidArgument("--rm and --detach cannot be used together")
+    ro, labels = build_run_options(flags, args)
+    svc = service(client)
+    cid = name or new_id()
+    ensure_image(client, ns, image)
+    svc.create_container(ns, cid, image, ro, snapshotter=flags.get("snapshotter") or None,
+                         runtime=flags.get("runtime") or "", labels=labels)
+    log_uri = flags.get("log_uri") or ""
+    try:
+        if detach:
+            from .runtime import ProcessIO
+
+            io = ProcessIO(json_log=log_file(svc, ns, cid), log_uri=log_uri, terminal=ro.tty)
+            svc.start_task(ns, cid, io)
+            print(cid)
+            return 0
+        json_log = "" if rm else log_file(svc, ns, cid)
+        task = svc.create_task(ns, cid, foreground_io(interactive, ro.tty, json_log, log_uri))
+    except BaseException:
+        cleanup(svc, ns, cid, remove_container=True)
+        raise
+    return run_task_attached(svc, ns, cid, task, ro.tty, remove_container=rm)
+
+
+def exec_in_container(client: Client, ns: str, container: str, args: list[str], *, detach: bool = False,
+                      interactive: bool = False, tty: bool = False, exec_id: str = "", cwd: str = "",
+                      user: str = "", env: list[str] | None = None) -> int:
+    """``pyctr exec``: the exit status of the process (0 after starting a detached one)."""
+    from .oci import expand_host_env
+    from .runtime import ProcessIO
+
+    svc = service(client)
+    io = ProcessIO() if detach else foreground_io(interactive, tty)
+    task, eid = svc.exec_process(ns, container, list(args), io, exec_id=exec_id, tty=tty,
+                                 env=expand_host_env(env or []), cwd=cwd, user=user)
+    if detach:
+        try:
+            task.start(eid)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                task.delete(exec_id=eid, force=True)
+            raise
+        print(eid)
+        return 0
+    try:
+        return attached(task, tty, eid)
+    finally:
+        with contextlib.suppress(Exception):
+            task.delete(exec_id=eid, force=True)
+
+
+def follow_log(path: str, *, follow: bool, tail: int | None, running: Callable[[], bool],
+               timestamps: bool = False) -> None:
+    """Print a docker json-file log (``{"log", "stream", "time"}`` lines) to stdout and stderr; with
+    ``follow``, keep reading until ``running()`` is false and the file has no more."""
+    import json
+    import time
+
+    def emit(line: bytes) -> None:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            return
+        text = str(rec.get("log", ""))
+        if timestamps:
+            text = f"{rec.get('time', '')} {text}"
+        out = sys.stderr if rec.get("stream") == "stderr" else sys.stdout
+        out.write(text)
+        out.flush()
+
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        if not follow:
+            return
+        while not os.path.exists(path):
+            if not running():
+                return
+            time.sleep(0.1)
+        f = open(path, "rb")  # noqa: SIM115
+    with f:
+        lines = f.read().split(b"\n")
+        partial = lines.pop()
+        if tail is not None:
+            lines = lines[-tail:] if tail > 0 else []
+        for line in lines:
+            if line:
+                emit(line)
+        if not follow:
+            return
+        idle = 0.0
+        while True:
+            chunk = f.read()
+            if chunk:
+                partial += chunk
+                *done, partial = partial.split(b"\n")
+                for line in done:
+                    if line:
+                        emit(line)
+                idle = 0.0
+                continue
+            if idle >= 0.2:
+                idle = 0.0
+                if not running():
+                    rest = f.read()
+                    if rest:
+                        partial += rest
+                        continue
+                    return
+            time.sleep(0.05)
+            idle += 0.05
+
+
+def show_logs(client: Client, ns: str, container: str, *, follow: bool = False, tail: int | None = None,
+              timestamps: bool = False) -> None:
+    from .errdefs import NotFound
+
+    svc = service(client)
+    svc.get(ns, container)
+
+    def running() -> bool:
+        try:
+            return str(svc.get_task(ns, container).state().status) in ("running", "paused", "created")
+        except NotFound:
+            return False
+
+    follow_log(str(svc.log_path(ns, container)), follow=follow, tail=tail, running=running,
+               timestamps=timestamps)
+
+
+# -- the fast path ---------------------------------------------------------------------------------
+
+_GLOBAL_VALUE = {"--root": "root", "--state": "state", "--address": "address", "-a": "address",
+                 "--namespace": "namespace", "-n": "namespace", "--config": "config", "-c": "config"}
+_GLOBAL_ENV = {"root": "PYCTR_ROOT", "state": "PYCTR_STATE", "address": "PYCTR_ADDRESS",
+               "namespace": "PYCTR_NAMESPACE", "config": "PYCTR_CONFIG"}
+
+
+class _Unsupported(Exception):
+    """The fast parser does not handle this command line: let the typer app do it."""
+
+
+def _flag_table() -> dict[str, tuple[str, Any]]:
+    table: dict[str, tuple[str, Any]] = {}
+    for name, _default, type_, flags, _help in RUN_OPTIONS + RUN_ONLY_OPTIONS:
+        for f in flags:
+            table[f] = (name, type_)
+    return table
+
+
+def _take_value(argv: list[str], i: int, tok: str) -> tuple[str, int]:
+    if "=" in tok and tok.startswith("--"):
+        return tok.split("=", 1)[1], i + 1
+    if i + 1 >= len(argv):
+        raise _Unsupported
+    return argv[i + 1], i + 2
+
+
+def parse_run_argv(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
+    """``(global options, run flags, image, command)`` of ``[globals] run [flags] IMAGE [CMD...]``;
+    :class:`_Unsupported` for anything else."""
+    g: dict[str, Any] = {"debug": False}
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--debug":
+            g["debug"] = True
+            i += 1
+            continue
+        key = tok.split("=", 1)[0] if tok.startswith("--") else tok
+        if key in _GLOBAL_VALUE:
+            g[_GLOBAL_VALUE[key]], i = _take_value(argv, i, tok)
+            continue
+        break
+    if i >= len(argv) or argv[i] != "run":
+        raise _Unsupported
+    i += 1
+    table = _flag_table()
+    flags: dict[str, Any] = {}
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            i += 1
+            break
+        if not tok.startswith("-") or tok == "-":
+            break
+        key = tok.split("=", 1)[0] if tok.startswith("--") else tok
+        if key in table:
+            name, type_ = table[key]
+            if type_ is bool:
+                if "=" in tok:
+                    raise _Unsupported
+                flags[name] = True
+                i += 1
+                continue
+            value, i = _take_value(argv, i, tok)
+            if type_ == _L:
+                flags.setdefault(name, []).append(value)
+            elif type_ == int | None:
+                try:
+                    flags[name] = int(value)
+                except ValueError:
+                    raise _Unsupported from None
+            else:
+                flags[name] = value
+            continue
+        if not tok.startswith("--") and len(tok) > 2:
+            # combined short flags (-it, -dit) or -eVALUE
+            first = "-" + tok[1]
+            if first in table and table[first][1] is not bool:
+                name, type_ = table[first]
+                if type_ == _L:
+                    flags.setdefault(name, []).append(tok[2:])
+                else:
+                    raise _Unsupported
+                i += 1
+                continue
+            for ch in tok[1:]:
+                entry = table.get("-" + ch)
+                if entry is None or entry[1] is not bool:
+                    raise _Unsupported
+                flags[entry[0]] = True
+            i += 1
+            continue
+        raise _Unsupported
+    if i >= len(argv):
+        raise _Unsupported  # no image: let typer say so
+    return g, flags, argv[i], argv[i + 1:]
+
+
+def fast_main(argv: list[str], *, close: bool = True) -> int | None:
+    """Run ``pyctr run ...`` without the typer app; ``None`` when this command line is not one the fast
+    path handles (then the caller runs the full CLI).  ``close=False`` leaves the client open for a
+    caller that exits the process at once (closing SQLite checkpoints its WAL, which costs more than
+    the rest of the teardown; the next open of the database does it instead)."""
+    try:
+        g, flags, image, args = parse_run_argv(argv)
+    except _Unsupported:
+        return None
+    from .errdefs import PyctrError
+
+    for k, env in _GLOBAL_ENV.items():
+        if k not in g and os.environ.get(env):
+            g[k] = os.environ[env]
+    debug = bool(g.get("debug") or os.environ.get("PYCTR_DEBUG"))
+    if debug:
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+        os.environ["PYCTR_DEBUG"] = "1"
+    client = None
+    try:
+        from .client import Client
+
+        client = Client(root=g.get("root"), state=g.get("state"), address=g.get("address"),
+                        namespace=g.get("namespace") or "default", config=g.get("config"))
+        run_flags = {k: v for k, v in flags.items() if k not in ("rm", "detach", "interactive", "name")}
+        return run_container(client, client.namespace, image, args, rm=bool(flags.get("rm")),
+                             detach=bool(flags.get("detach")), interactive=bool(flags.get("interactive")),
+                             name=str(flags.get("name") or ""), flags=run_flags)
+    except PyctrError as e:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"pyctr: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("pyctr: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"pyctr: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
+    finally:
+        if client is not None and close:
+            client.close()
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """The ``pyctr`` console script: the fast path for ``run``, the typer app for everything else."""
+    argv = sys.argv[1:] if argv is None else argv
+    rv = fast_main(argv, close=False)
+    if rv is not None:
+        for f in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                f.flush()
+        os._exit(rv)
+    from .cli import main as cli_main
+
+    return cli_main(argv)
