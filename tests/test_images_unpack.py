@@ -117,6 +117,18 @@ def test_whiteouts_umoci_three_layers(svc: Any, whiteout_tar: Path, tmp_path: Pa
     assert {s.name for s in snapshots(svc, sn)} == set(chain)
 
 
+@pytest.mark.parametrize("sn", ["overlayfs", "native"])
+def test_opaque_directory_and_gzip_layers(svc: Any, tmp_path: Path, sn: str) -> None:
+    lay = Layout(tmp_path / "lay")
+    base = {"o/": None, "o/o1": b"o1", "o/sub/": None, "o/sub/s": b"s", "keep": b"k"}
+    opaque = {"o/": None, "o/.wh..wh..opq": b"", "o/o2": b"o2", ".wh.keep": b""}
+    lay.add(lay.image([base, opaque], gzip_layers=True), "1")
+    svc.import_archive(NS, lay.tar(tmp_path / "a.tar"), base_name="acc/o", snapshotter=sn)
+    top = svc.top_chain_id(NS, svc.get(NS, "acc/o:1").target)
+    tree = read_tree(svc, sn, top, tmp_path / "mnt")
+    assert tree == {"o": "<dir>", "o/o2": "o2"}
+
+
 def test_shared_base_is_unpacked_once(svc: Any, tmp_path: Path) -> None:
     lay = Layout(tmp_path / "lay")
     base = {"etc/": None, "etc/base": b"base\n"}
