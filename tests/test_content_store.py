@@ -499,3 +499,12 @@ def test_invalid_namespace(ns_store: NamespacedContentStore) -> None:
         ns_store.writer("bad ns!", "r")
     with pytest.raises(InvalidArgument):
         ns_store.walk("")
+
+
+def test_leftover_trash_is_cleaned_on_open(tmp_path: Path, impl: ModuleType) -> None:
+    store = LocalStore(tmp_path / "c", digest_impl=impl)
+    trash = store.ingest_root / ".trash-deadbeef"
+    (trash / "sub").mkdir(parents=True)
+    (trash / "sub" / "data").write_bytes(b"x")
+    LocalStore(tmp_path / "c", digest_impl=impl)
+    assert not trash.exists()

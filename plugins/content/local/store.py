@@ -90,6 +90,10 @@ class LocalStore:
         self.checkpoint_bytes = checkpoint_bytes
         #: the speedup module used for hashing (``Sha256``, ``copy_and_hash``); tests pass either twin
         self.impl: Any = digest_impl or _digest
+        # ingests renamed away for removal by a process that died before deleting them
+        for name in os.listdir(self.ingest_root):
+            if name.startswith(".trash-"):
+                shutil.rmtree(self.ingest_root / name, ignore_errors=True)
 
     # -- blobs -----------------------------------------------------------------------------------
 
