@@ -250,7 +250,7 @@ cdef object _read_header(_Stream stream):
     """The next entry (extension records applied), or None at the end of the archive."""
     cdef char block[BLOCK]
     cdef const unsigned char *u = <const unsigned char *>block
-    cdef list pax = None
+    cdef _Pax pax = None
     cdef object longname = None, longlink = None
     cdef char typ
     while True:
@@ -273,8 +273,8 @@ cdef object _read_header(_Stream stream):
             stream.skip(-size % BLOCK, "an extension header")
             if typ == c'x':
                 if pax is None:
-                    pax = []
-                pax.extend(_py._pax_records(data))
+                    pax = _Pax()
+                pax.feed(data)
             elif typ == c'L':
                 longname = _py._cstr(data)
             elif typ == c'K':
@@ -299,10 +299,142 @@ cdef object _read_header(_Stream stream):
         h.devminor = _num(u + 337, 8, "devminor")
     if typ == 0 and h.name.endswith(b"/"):
         h.type = b"5"
-    if typ == c'S' or pax is not None:
-        # rare: old GNU sparse maps and PAX records are folded in by the twin's code
-        return _py._finish_header(h, PyBytes_FromStringAndSize(block, BLOCK), pax or [], stream)
+    if pax is not None:
+        pax.apply(h)
+        if h.data_size < 0 or h.data_size > MAX_SIZE:
+            raise DataLoss(f"layer has an entry of implausible size {h.data_size}")
+    if typ == c'S' or (pax is not None and pax.rest):
+        # rare: old GNU sparse maps, xattrs and PAX sparse records are folded in by the twin's code
+        return _py._finish_header(h, PyBytes_FromStringAndSize(block, BLOCK), pax.rest if pax else [],
+                                  stream)
     return h
+
+
+cdef list _clean(bytes name):
+    """The twin's ``clean()``: components relative to the root, ``..`` clamped at the root."""
+    cdef const char *p = PyBytes_AS_STRING(name)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(name), i = 0, start, ln
+    cdef list out = []
+    while i < n:
+        start = i
+        while i < n and p[i] != c'/':
+            i += 1
+        ln = i - start
+        i += 1
+        if ln == 0 or (ln == 1 and p[start] == c'.'):
+            continue
+        if ln == 2 and p[start] == c'.' and p[start + 1] == c'.':
+            if out:
+                out.pop()
+            continue
+        out.append(PyBytes_FromStringAndSize(p + start, ln))
+    return out
+
+
+cdef object _pax_ns(const char *p, Py_ssize_t n):
+    """A PAX time (``[-]seconds[.fraction]``) in ns, or None if it is not one."""
+    cdef Py_ssize_t i = 0
+    cdef int64_t sec = 0, frac = 0
+    cdef int digits = 0
+    cdef bint neg = False
+    if n and p[0] == c'-':
+        neg = True
+        i = 1
+    if i >= n:
+        return None
+    while i < n and p[i] != c'.':
+        if p[i] < c'0' or p[i] > c'9' or sec > 9_000_000_000:
+            return None
+        sec = sec * 10 + (p[i] - c'0')
+        i += 1
+    if i < n:
+        i += 1
+        while i < n:
+            if p[i] < c'0' or p[i] > c'9':
+                return None
+            if digits < 9:
+                frac = frac * 10 + (p[i] - c'0')
+                digits += 1
+            i += 1
+    while digits < 9:
+        frac *= 10
+        digits += 1
+    return -(sec * 1_000_000_000 + frac) if neg else sec * 1_000_000_000 + frac
+
+
+cdef class _Pax:
+    """PAX records for the next entry: the common keys parsed here, the rest left for the twin."""
+
+    cdef public object path, linkpath, size, uid, gid, mtime, atime
+    cdef public list rest
+
+    def __init__(self):
+        self.rest = []
+
+    cdef int feed(self, bytes data) except -1:
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), pos = 0, sp, length, eq, klen, vstart, vlen
+        while pos < n:
+            if p[pos] == 0:
+                break
+            sp = pos
+            length = 0
+            while sp < n and c'0' <= p[sp] <= c'9' and length < n:
+                length = length * 10 + (p[sp] - c'0')
+                sp += 1
+            if sp >= n or p[sp] != c' ' or length <= sp - pos or pos + length > n or p[pos + length - 1] != c'\n':
+                raise DataLoss("layer has a malformed PAX header")
+            eq = sp + 1
+            while eq < pos + length - 1 and p[eq] != c'=':
+                eq += 1
+            if eq >= pos + length - 1:
+                raise DataLoss("layer has a malformed PAX header")
+            klen = eq - sp - 1
+            vstart = eq + 1
+            vlen = pos + length - 1 - vstart
+            key = PyBytes_FromStringAndSize(p + sp + 1, klen)
+            value = PyBytes_FromStringAndSize(p + vstart, vlen)
+            if key == b"path":
+                self.path = value
+            elif key == b"linkpath":
+                self.linkpath = value
+            elif key == b"size":
+                self.size = _py._pax_int(value, key)
+            elif key == b"uid":
+                self.uid = _py._pax_int(value, key)
+            elif key == b"gid":
+                self.gid = _py._pax_int(value, key)
+            elif key == b"mtime" or key == b"atime":
+                t = _pax_ns(p + vstart, vlen)
+                if t is None:
+                    t = _py._pax_time(value)
+                if key == b"mtime":
+                    self.mtime = t
+                else:
+                    self.atime = t
+            elif key == b"ctime" or key == b"uname" or key == b"gname":
+                pass  # not applied
+            else:
+                self.rest.append((key, value))
+            pos += length
+        return 0
+
+    cdef int apply(self, h) except -1:
+        if self.path is not None:
+            h.name = self.path
+        if self.linkpath is not None:
+            h.linkname = self.linkpath
+        if self.size is not None:
+            h.data_size = self.size
+        if self.uid is not None:
+            h.uid = self.uid
+        if self.gid is not None:
+            h.gid = self.gid
+        if self.mtime is not None:
+            h.mtime = max(-_py.TIME_MAX, min(_py.TIME_MAX, self.mtime))
+        if self.atime is not None:
+            h.atime = max(-_py.TIME_MAX, min(_py.TIME_MAX, self.atime))
+        return 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -362,7 +494,7 @@ class _Extractor(_py._Extractor):
         cdef int64_t size
         if self.stale:
             self._close_stale()
-        parts = _py.clean(h.name)
+        parts = _clean(h.name)
         if not parts:
             size = h.data_size
             stream.skip(size + _pad(size), "an entry")
