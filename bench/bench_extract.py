@@ -32,7 +32,8 @@ def build_layer() -> tuple[Path, Path, Path]:
     if not tar.exists():
         srcs = [s for s in SOURCES if Path("/", s).exists()]
         tmp = tar.with_suffix(".tmp")
-        subprocess.run(["tar", "--format=posix", "--sort=name", "-C", "/", "-cf", str(tmp), *srcs], check=True)
+        subprocess.run(["tar", "--format=posix", "--sort=name", "-C", "/", "-cf", str(tmp), *srcs],
+                       check=True)
         tmp.rename(tar)
     if not tgz.exists():
         with open(tgz.with_suffix(".tmp"), "wb") as out:
@@ -108,7 +109,8 @@ def main() -> None:
     size = tar.stat().st_size
     nfiles = int(subprocess.run(f"tar -tf {tar} | wc -l", shell=True, capture_output=True, text=True,
                                 check=True).stdout)
-    print(f"layer: {size / 1e6:.0f} MB uncompressed, {nfiles} entries, gzip {tgz.stat().st_size / 1e6:.0f} MB,"
+    print(f"layer: {size / 1e6:.0f} MB uncompressed, {nfiles} entries, "
+          f"gzip {tgz.stat().st_size / 1e6:.0f} MB,"
           f" zstd {zst.stat().st_size / 1e6:.0f} MB; best of {args.repeat}; MB/s of uncompressed layer")
     only = set(filter(None, args.only.split(",")))
     for base in args.targets.split(","):
