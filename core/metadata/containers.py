@@ -13,6 +13,7 @@ Table ``containers`` (component ``containers``)::
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -242,7 +243,7 @@ class ContainerStore:
                 raise NotFound(f"container {id_!r} not found in namespace {ns!r}")
         self.db.mutated("delete")
 
-    def namespaces_in_use(self) -> list[str]:
+    def namespaces_in_use(self) -> builtins.list[str]:
         return [r[0] for r in self.db.query("SELECT DISTINCT ns FROM containers")]
 
 

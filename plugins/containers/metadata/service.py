@@ -15,6 +15,7 @@ fails: no snapshot, record, mount, cgroup or shim is left behind by a failed cal
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import secrets
@@ -221,9 +222,8 @@ class ContainerService:
             pass
         else:
             raise AlreadyExists(f"container {id_!r} already has a task")
-        spec = c.spec
-        return rt.create(ns, id_, spec, [m.to_dict() if hasattr(m, "to_dict") else dict(m) for m in mounts],
-                         io, group)  # type: ignore[no-any-return]
+        task: Task = rt.create(ns, id_, c.spec, [m.to_dict() for m in mounts], io, group)
+        return task
 
     def start_task(self, ns: str, id_: str, io: ProcessIO, *, group: str | None = None) -> Task:
         """Create and start the task; if starting fails, the task is deleted again."""
@@ -236,7 +236,7 @@ class ContainerService:
             raise
         return task
 
-    def list_tasks(self, ns: str) -> list[TaskState]:
+    def list_tasks(self, ns: str) -> builtins.list[TaskState]:
         """States of every task in ``ns`` (of containers' runtimes, the default one at least)."""
         names = {c.runtime.name for c in self.store.list(ns)} or {DEFAULT_RUNTIME}
         out: dict[str, TaskState] = {}
@@ -269,7 +269,7 @@ class ContainerService:
         self,
         ns: str,
         id_: str,
-        args: list[str],
+        args: builtins.list[str],
         io: ProcessIO,
         *,
         exec_id: str = "",
