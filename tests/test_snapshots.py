@@ -220,3 +220,46 @@ def test_view_of_deep_chain_through_runtime_mounts(work: Path) -> None:
     assert len(",".join(mounts[0].options)) > 4096
     with mounted(mounts, work) as root:
         assert len(os.listdir(root)) == 200
+
+
+# -- a third-party snapshotter ----------------------------------------------------------------------
+
+
+class _CopySnapshotter(NativeSnapshotter):
+    """What a plugin author might ship: here, the native snapshotter under another name."""
+
+
+class _AcmePlugin:
+    from pyctr.hookspecs import hookimpl
+
+    @staticmethod
+    @hookimpl
+    def pyctr_plugin_registrations() -> list:  # type: ignore[type-arg]
+        from pyctr.registry import PluginType, Registration
+
+        return [Registration(type=PluginType.SNAPSHOT, id="acme.snapshot.copy",
+                             init=lambda ctx: _CopySnapshotter(ctx.root))]
+
+
+def test_third_party_snapshotter_plugin(work: Path) -> None:
+    """A snapshot plugin from outside pyctr is found by name, namespaced, and passes the suite."""
+    from pyctr.config import Config
+    from pyctr.engine import Engine
+    from pyctr.registry import make_plugin_manager
+
+    pm = make_plugin_manager()
+    pm.register(_AcmePlugin(), name="acme")
+    engine = Engine(Config(root=str(work / "root"), state=str(work / "state")), pm)
+    try:
+        store = engine.plugin("metadata")
+        assert "copy" in store.snapshotter_names()
+        sn = store.snapshotter("copy")
+        sn.prepare("default", "k")
+        assert sn.backend_key("default", "k") == "default/1/k"
+        assert (work / "root" / "acme.snapshot.copy" / "snapshots" / "1").is_dir()
+        assert [i.name for i in store.snapshotter("overlayfs").walk("default")] == []
+    finally:
+        engine.close()
+
+
+TestThirdPartySuite = snapshotter_suite(_CopySnapshotter, name="copy", marks=[pytest.mark.integration])
