@@ -24,8 +24,10 @@ Unknown keys are errors that name the key and the file, so a typo is never silen
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -77,15 +79,23 @@ class Config:
         return merge_checked(defaults, user, f'[plugins."{reg.id}"]', self.path)
 
     def warn_unknown_plugins(self, known_ids: set[str]) -> list[str]:
+        """Warn about plugin ids the configuration names that are not installed; return them."""
         unknown = sorted(set(self.plugins) - known_ids)
         for pid in unknown:
             log.warning("configuration has a section for plugin %r, which is not installed", pid)
+        for pid in self.disabled_plugins:
+            if pid not in known_ids:
+                log.warning("disabled_plugins names %r, which is not installed", pid)
+                unknown.append(pid)
         return unknown
 
 
-def merge_checked(defaults: dict[str, Any], user: Mapping[str, Any], where: str, path: str | None) -> dict[str, Any]:
+def merge_checked(defaults: dict[str, Any], user: Mapping[str, Any], where: str,
+                  path: str | None) -> dict[str, Any]:
     """Merge ``user`` over ``defaults``; unknown keys and wrongly typed values are errors."""
     src = f" in {path}" if path else ""
+    if not isinstance(user, Mapping):
+        raise InvalidArgument(f"{where}{src} must be a table, not {type(user).__name__} ({user!r})")
     for key, value in user.items():
         if key not in defaults:
             known = ", ".join(sorted(defaults)) or "none"
@@ -152,8 +162,9 @@ def from_dict(data: Mapping[str, Any], path: str | None = None) -> Config:
             raise InvalidArgument(f"unknown key {key!r}{src} (known keys: {', '.join(sorted(_TOP))})")
     cfg = Config(path=path)
     version = data.get("version", CONFIG_VERSION)
-    if version != CONFIG_VERSION:
-        raise InvalidArgument(f"configuration version {version!r}{src} is not supported (want {CONFIG_VERSION})")
+    if isinstance(version, bool) or version != CONFIG_VERSION:
+        raise InvalidArgument(
+            f"configuration version {version!r}{src} is not supported (want {CONFIG_VERSION})")
     for key in ("root", "state"):
         if key in data:
             if not isinstance(data[key], str) or not data[key]:
@@ -166,7 +177,8 @@ def from_dict(data: Mapping[str, Any], path: str | None = None) -> Config:
                 raise InvalidArgument(f"{key!r}{src} must be a list of plugin ids")
             setattr(cfg, key, list(value))
     for section, defaults in _SECTIONS.items():
-        setattr(cfg, section, merge_checked(copy.deepcopy(defaults), data.get(section, {}), f"[{section}]", path))
+        merged = merge_checked(copy.deepcopy(defaults), data.get(section, {}), f"[{section}]", path)
+        setattr(cfg, section, merged)
     plugins = data.get("plugins", {})
     if not isinstance(plugins, dict) or not all(isinstance(v, dict) for v in plugins.values()):
         raise InvalidArgument(f'[plugins]{src} must hold one table per plugin id, [plugins."ID"]')
@@ -174,28 +186,50 @@ def from_dict(data: Mapping[str, Any], path: str | None = None) -> Config:
     return cfg
 
 
-def dump_default(registrations: list[Registration], root: str = DEFAULT_ROOT, state: str = DEFAULT_STATE) -> str:
+def dump_default(registrations: list[Registration], root: str = DEFAULT_ROOT,
+                 state: str = DEFAULT_STATE) -> str:
     """The full default configuration as TOML text, every installed plugin's section included."""
+    cfg = Config(root=root, state=state)
+    cfg.daemon["address"] = DEFAULT_ADDRESS
+    return dump(cfg, registrations, merged=False)
+
+
+def dump(cfg: Config, registrations: list[Registration], *, merged: bool = True) -> str:
+    """``cfg`` as TOML text: its top-level values and sections, and every installed plugin's section
+    (its defaults with the file's ``[plugins."ID"]`` table merged over them when ``merged``).  Plugins
+    that failed to load (no known defaults) are left out; a section for a plugin that is not installed
+    is kept, commented."""
     lines = [
         f"version = {CONFIG_VERSION}",
-        f"root = {_toml(root)}",
-        f"state = {_toml(state)}",
-        "disabled_plugins = []",
-        "required_plugins = []",
+        f"root = {_toml(cfg.root)}",
+        f"state = {_toml(cfg.state)}",
+        f"disabled_plugins = {_toml(cfg.disabled_plugins)}",
+        f"required_plugins = {_toml(cfg.required_plugins)}",
         "",
     ]
-    for section, defaults in _SECTIONS.items():
+    for section in _SECTIONS:
         lines.append(f"[{section}]")
-        d = dict(defaults)
-        if section == "daemon":
-            d["address"] = DEFAULT_ADDRESS
-        lines.extend(_table_lines(d, section))
+        lines.extend(_table_lines(dict(getattr(cfg, section)), section))
         lines.append("")
+    known = set()
     for reg in registrations:
-        lines.append(f'[plugins.{_toml(reg.id)}]')
-        lines.extend(_table_lines(dict(reg.config), f"plugins.{_toml(reg.id)}"))
+        if reg.init is _never_loaded():
+            continue
+        known.add(reg.id)
+        values = cfg.plugin_config(reg) if merged else copy.deepcopy(dict(reg.config))
+        lines.append(f"[plugins.{_toml(reg.id)}]")
+        lines.extend(_table_lines(values, f"plugins.{_toml(reg.id)}"))
+        lines.append("")
+    for pid in sorted(set(cfg.plugins) - known) if merged else []:
+        lines.append(f"# [plugins.{_toml(pid)}] is configured, but no such plugin is installed")
         lines.append("")
     return "\n".join(lines)
+
+
+def _never_loaded() -> Any:
+    from .registry import _never
+
+    return _never
 
 
 def _table_lines(d: Mapping[str, Any], prefix: str) -> list[str]:
@@ -208,8 +242,11 @@ def _table_lines(d: Mapping[str, Any], prefix: str) -> list[str]:
     return plain
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
+
+
 def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _toml(k)
+    return k if _BARE_KEY.match(k) else _toml(k)
 
 
 def _toml(v: Any) -> str:
@@ -218,7 +255,7 @@ def _toml(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(v, ensure_ascii=False)  # a valid TOML basic string, control characters escaped
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     if v is None:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .config import Config
+from .errdefs import FailedPrecondition
 from .registry import PluginStatus, Registry, make_plugin_manager
 
 if TYPE_CHECKING:
     import pluggy
+
+    from .events.exchange import Exchange
 
 log = logging.getLogger("pyctr.engine")
 
@@ -24,10 +28,25 @@ class Engine:
         self.config = config
         self.pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
         self.registry = Registry(config, self.pm)
+        self.registry.events_source = lambda: self.events
         self.registry.load_from_plugin_manager()
-        config.warn_unknown_plugins({r.id for r in self.registry.registrations()})
+        known = {r.id for r in self.registry.registrations()}
+        config.warn_unknown_plugins(known)
         self._closed = False
         self._lock = threading.Lock()
+        # As containerd: a required plugin that is missing or fails to load stops everything, at once.
+        for pid in config.required_plugins:
+            if pid not in known:
+                raise FailedPrecondition(f"required plugin {pid} is not installed (required_plugins in "
+                                         f"{config.path or 'the configuration'})")
+            self.registry.status(pid)
+
+    @cached_property
+    def events(self) -> Exchange:
+        """This process's event exchange (services publish here; subscribers read from here)."""
+        from .events.exchange import Exchange
+
+        return Exchange(self.pm)
 
     def plugin(self, type_: str, name: str | None = None) -> Any:
         """The plugin of ``type_`` (by short name or id when several exist)."""

@@ -57,11 +57,20 @@ def global_callback(
 ) -> None:
     opts = GlobalOptions(root=root, state=state, address=address, namespace=namespace, config=config,
                          debug=debug)
-    if debug:
-        import logging
+    import logging
 
+    if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
         os.environ["PYCTR_DEBUG"] = "1"
+    else:
+        # Configuration problems that are not errors (a section for a plugin that is not installed)
+        # are still worth a line on stderr.
+        cfg_log = logging.getLogger("pyctr.config")
+        if not cfg_log.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("pyctr: warning: %(message)s"))
+            handler.setLevel(logging.WARNING)
+            cfg_log.addHandler(handler)
     ctx.obj = opts
     ctx.call_on_close(opts.close)
 
