@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,12 +110,13 @@ def _arch() -> str:
     return host().architecture
 
 
-def image_config(layer: Layer) -> dict[str, Any]:
+def image_config(layer: Layer, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The image config; ``overrides`` replace keys of its ``config`` (``User``, ``WorkingDir``, ...)."""
     return {
         "created": _CREATED,
         "architecture": _arch(),
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], **dict(overrides or {})},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
         "history": [{"created": _CREATED, "created_by": "pyctr images build-busybox"}],
     }
@@ -128,16 +130,18 @@ def _desc(media_type: str, blob: bytes) -> Descriptor:
     return Descriptor(media_type=media_type, digest=_sha256(blob), size=len(blob))
 
 
-def build_image(images: Any, ns: str, name: str = DEFAULT_NAME, busybox: str | None = None) -> Any:
+def build_image(images: Any, ns: str, name: str = DEFAULT_NAME, busybox: str | None = None,
+                config: Mapping[str, Any] | None = None) -> Any:
     """Write the image's blobs into ``ns`` through the images service ``images`` and create (or
-    update) the record ``name``.  Returns the image record."""
+    update) the record ``name``.  ``config`` overrides keys of the image's ``config`` object.  Returns
+    the image record."""
     from .images import Image, child_gc_labels
     from .images import ingest_ref as _ingest_ref
 
     layer = build_layer(find_busybox(busybox))
-    config = _json(image_config(layer))
+    config_blob = _json(image_config(layer, config))
     layer_desc = Descriptor(media_type=mt.OCI_LAYER_GZIP, digest=layer.digest, size=len(layer.blob))
-    config_desc = _desc(mt.OCI_CONFIG, config)
+    config_desc = _desc(mt.OCI_CONFIG, config_blob)
     manifest = _json({
         "schemaVersion": 2,
         "mediaType": mt.OCI_MANIFEST,
@@ -148,7 +152,7 @@ def build_image(images: Any, ns: str, name: str = DEFAULT_NAME, busybox: str | N
     cs = images.content
     blobs = [
         (layer_desc, layer.blob, {"containerd.io/uncompressed": layer.diff_id}),
-        (config_desc, config, {}),
+        (config_desc, config_blob, {}),
         (manifest_desc, manifest, child_gc_labels(manifest_desc, [config_desc, layer_desc])),
     ]
     with images.temporary_lease(ns, "build-busybox") as lease:

@@ -15,6 +15,8 @@ def build_busybox(
     busybox: Annotated[str, typer.Option("--busybox", show_default=False,
                                          help="The static busybox to copy [default: /bin/busybox].")] = "",
     unpack: Annotated[bool, typer.Option("--unpack/--no-unpack", help="Unpack it now.")] = True,
+    user: Annotated[str, typer.Option("--user", help="The image's User.", show_default=False)] = "",
+    workdir: Annotated[str, typer.Option("--workdir", help="Its WorkingDir.", show_default=False)] = "",
 ) -> None:
     """Build a one-layer OCI image from the host's busybox-static: /bin/busybox and its applets,
     /etc/passwd, /etc/group, /tmp, /root; cmd sh, PATH=/bin."""
@@ -22,7 +24,8 @@ def build_busybox(
 
     o = opts(ctx)
     images = o.client().plugin("images")
-    img = build_image(images, o.namespace, name, busybox or None)
+    overrides = {k: v for k, v in (("User", user), ("WorkingDir", workdir)) if v}
+    img = build_image(images, o.namespace, name, busybox or None, overrides)
     if unpack:
         images.unpack(o.namespace, img.name)
     print(f"{img.name} {img.target.digest}")
