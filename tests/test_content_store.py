@@ -18,6 +18,7 @@ from pyctr.errdefs import AlreadyExists, Conflict, DataLoss, FailedPrecondition,
 from pyctr.metadata.content import NamespacedContentStore
 from pyctr.metadata.db import MetadataDB
 from pyctr.plugins.content.local.store import LocalStore
+from pyctr.testsuite.content import content_store_suite
 
 from tests.conftest import Speedups
 
@@ -508,3 +509,27 @@ def test_leftover_trash_is_cleaned_on_open(tmp_path: Path, impl: ModuleType) -> 
     (trash / "sub" / "data").write_bytes(b"x")
     LocalStore(tmp_path / "c", digest_impl=impl)
     assert not trash.exists()
+
+
+# -- the conformance suite, run against the local store with each hasher --------------------------
+
+def _local_c(root: Path) -> LocalStore:
+    import pytest as _pytest
+
+    try:
+        from pyctr._speedups import _digest_c
+    except ImportError:
+        if os.environ.get("PYCTR_REQUIRE_EXTENSIONS"):
+            raise
+        _pytest.skip("the compiled digest module is not built")
+    return LocalStore(root, digest_impl=_digest_c)
+
+
+def _local_py(root: Path) -> LocalStore:
+    from pyctr._speedups import _digest_py
+
+    return LocalStore(root, digest_impl=_digest_py)
+
+
+TestLocalStoreConformanceC = content_store_suite(_local_c, name="local-c")
+TestLocalStoreConformancePy = content_store_suite(_local_py, name="local-py")
