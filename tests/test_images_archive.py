@@ -450,3 +450,17 @@ def test_concurrent_imports_of_one_archive(tmp_root: Roots, tmp_path: Path) -> N
         assert s.check(NS, "acc/c:1")["status"] == "complete"
         assert s.md.leases.list(NS) == []
         assert s.content.list_statuses(NS) == []
+
+
+def test_failed_import_leaves_no_bytes(tmp_root: Roots, tmp_path: Path) -> None:
+    lay, man = _simple(tmp_path)
+    broken_bad_digest(lay, man)  # found while writing, after the manifest and config are in
+    tarball = lay.tar(tmp_path / "bad.tar")
+    args = {"root": str(tmp_root.root), "state": str(tmp_root.state), "config": str(tmp_root.config)}
+    with Client(**args) as c:
+        with pytest.raises(DataLoss):
+            c.plugin("images").import_archive(NS, tarball, base_name="acc/bad", unpack=False)
+        assert len(list(c.plugin("content").walk())) >= 2  # verified blobs reached the backend...
+    with Client(**args) as c:
+        assert list(c.plugin("content").walk()) == []  # ...and the collector removed them at close
+        assert_empty(c.plugin("images"))

@@ -576,6 +576,9 @@ class Importer:
                         svc.content.delete(ns, digest)
                     except PyctrError as e:
                         log.warning("import rollback: cannot delete %s: %s", digest, e)
+                if added:
+                    with contextlib.suppress(Exception):
+                        svc.schedule_garbage_collection()  # the bytes themselves
                 raise
 
     def _write(self, archive: Archive, blob: Blob, lease: str) -> bool:

@@ -97,19 +97,30 @@ class ImageService:
         img = self.store.delete(ns, self.resolve(ns, name).name)
         if sync:
             self.collect_garbage()
+        else:
+            self.schedule_garbage_collection()
         return img
+
+    def _gc(self) -> Any:
+        try:
+            return self.registry.get("gc")
+        except PyctrError:
+            return None
 
     def collect_garbage(self) -> None:
         """Run the garbage collector now, if one is loaded."""
-        try:
-            gc = self.registry.get("gc")
-        except PyctrError:
-            return
+        gc = self._gc()
         for meth in ("schedule_and_wait", "collect", "run"):
             fn = getattr(gc, meth, None)
             if callable(fn):
                 fn()
                 return
+
+    def schedule_garbage_collection(self) -> None:
+        """Ask the garbage collector for a collection soon (in a one-shot CLI: when it closes)."""
+        fn = getattr(self._gc(), "schedule", None)
+        if callable(fn):
+            fn()
 
     # -- content helpers -------------------------------------------------------------------------
 
