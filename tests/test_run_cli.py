@@ -1,0 +1,270 @@
+"""``pyctr run``, ``exec``, ``logs``, ``tasks`` and ``containers`` end to end: the real console script, real
+runc, real overlayfs, real cgroups, a busybox image built from the host's busybox-static.
+
+Each test has its own root, state (so its own runc --root and shim sockets) and cgroup parent; the
+teardown kills what the test started (by PID), unmounts what is left under its directories and removes
+its cgroups, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .conftest import Roots, child_env, pyctr_executable
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
+    pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static"),
+]
+
+IMAGE = "localhost/busybox:latest"
+USER_IMAGE = "localhost/busybox:user"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass
+class Env:
+    roots: Roots
+    cgroup_parent: str
+    ns: str = "default"
+
+    def cmd(self, *args: str) -> list[str]:
+        return [pyctr_executable(), *self.roots.args(), "-n", self.ns, *args]
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cmd(*args), input=input, capture_output=True, text=True, env=child_env(),
+                              timeout=60)
+
+    def ok(self, *args: str, input: str | None = None) -> str:
+        p = self.run(*args, input=input)
+        assert p.returncode == 0, f"pyctr {' '.join(args)} exited {p.returncode}: {p.stderr}"
+        return p.stdout
+
+    def tasks(self) -> list[dict[str, object]]:
+        return json.loads(self.ok("tasks", "ls", "-o", "json"))  # type: ignore[no-any-return]
+
+    def mounts_under(self) -> list[str]:
+        here = (str(self.roots.root), str(self.roots.state))
+        with open("/proc/self/mounts") as f:
+            return [ln.split()[1] for ln in f if ln.split()[1].startswith(here)]
+
+    def cgroup_dirs(self, cid: str) -> list[Path]:
+        out = []
+        for ctrl in CGROUP_ROOT.iterdir():
+            p = ctrl / self.cgroup_parent.strip("/") / self.ns / cid
+            if p.exists():
+                out.append(p)
+        p = CGROUP_ROOT / self.cgroup_parent.strip("/") / self.ns / cid
+        if p.exists():
+            out.append(p)
+        return out
+
+    def shim_pids(self) -> list[int]:
+        """Processes whose command line names this test's state (shims carry it in their config)."""
+        needles = [str(self.roots.state).encode(), str(self.roots.state).encode().hex().encode()]
+        pids = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid():
+                continue
+            try:
+                cmdline = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(n in cmdline for n in needles):
+                pids.append(int(d.name))
+        return pids
+
+    def assert_nothing_left(self, cid: str) -> None:
+        assert self.ok("containers", "ls", "-q").split() == [], "container records left"
+        assert cid not in self.ok("tasks", "ls", "-q").split(), "task left"
+        assert self.mounts_under() == [], "mounts left"
+        assert self.cgroup_dirs(cid) == [], "cgroups left"
+        deadline = time.monotonic() + 5
+        while self.shim_pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.shim_pids() == [], "shim processes left"
+        active = [ln for ln in self.ok("snapshots", "ls").splitlines()[1:] if "Committed" not in ln]
+        assert active == [], f"snapshots left: {active}"
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def env(tmp_root: Roots) -> Iterator[Env]:
+    parent = f"/pyctr-test-{uuid.uuid4().hex[:10]}"
+    tmp_root.config.write_text(f'[plugins."pyctr.runtime.runc"]\ncgroup_parent = "{parent}"\n')
+    e = Env(tmp_root, parent)
+    try:
+        e.ok("images", "build-busybox")
+        e.ok("images", "build-busybox", "--name", USER_IMAGE, "--user", "nobody", "--workdir", "/tmp")
+        yield e
+    finally:
+        try:
+            for t in e.tasks():
+                _kill(int(t["pid"]))  # type: ignore[call-overload]
+            for cid in e.run("containers", "ls", "-q").stdout.split():
+                e.run("containers", "rm", "--force", cid)
+        except Exception:
+            pass
+        for pid in e.shim_pids():
+            _kill(pid)
+        for m in sorted(e.mounts_under(), reverse=True):
+            subprocess.run(["umount", "-l", m], check=False)
+        for ctrl in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()]:
+            base = ctrl / parent.strip("/")
+            if base.is_dir():
+                for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    os.rmdir(d)
+                os.rmdir(base)
+
+
+def test_run_echo_then_nothing_is_left(env: Env) -> None:
+    p = env.run("run", "--rm", "--name", "echo1", IMAGE, "echo", "hello")
+    assert (p.returncode, p.stdout, p.stderr) == (0, "hello\n", "")
+    env.assert_nothing_left("echo1")
+
+
+def test_exit_code_and_stdin(env: Env) -> None:
+    assert env.run("run", "--rm", IMAGE, "sh", "-c", "exit 7").returncode == 7
+    p = env.run("run", "--rm", "-i", IMAGE, "cat", input="piped\nlines\n")
+    assert (p.returncode, p.stdout) == (0, "piped\nlines\n")
+    # without -i the container's stdin is empty
+    p = env.run("run", "--rm", IMAGE, "cat", input="not passed\n")
+    assert (p.returncode, p.stdout) == (0, "")
+
+
+def test_missing_command_exits_127_with_one_line(env: Env) -> None:
+    p = env.run("run", "--rm", "--name", "nocmd", IMAGE, "/no/such/cmd")
+    assert p.returncode == 127
+    assert "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("pyctr: ") and "/no/such/cmd" in last
+    env.assert_nothing_left("nocmd")
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(env: Env) -> None:
+    p = env.run("run", "--rm", "--name", "bad1", "Not//A:Valid::Ref", "true")
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    p = env.run("run", "--rm", "--name", "bad2", "localhost/nothing-here:1", "true")
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) >= 1 and "Traceback" not in p.stderr
+    p = env.run("run", "--rm", "--name", "bad3", "--user", "ghost", IMAGE, "true")
+    assert p.returncode == 3 and "ghost" in p.stderr and "Traceback" not in p.stderr
+    env.assert_nothing_left("bad3")
+
+
+def test_detached_lifecycle(env: Env) -> None:
+    out = env.ok("run", "-d", "--name", "sleeper", IMAGE, "sleep", "300")
+    assert out.strip() == "sleeper"
+    rows = [ln.split() for ln in env.ok("tasks", "ls").splitlines()]
+    assert rows[0] == ["TASK", "PID", "STATUS"]
+    row = next(r for r in rows if r[0] == "sleeper")
+    assert row[2] == "RUNNING" and Path(f"/proc/{row[1]}").exists()
+    # a name in use
+    p = env.run("run", "-d", "--name", "sleeper", IMAGE, "true")
+    assert p.returncode == 4 and "already exists" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    # a running task is not removed without --force
+    p = env.run("containers", "rm", "sleeper")
+    assert p.returncode == 5 and "--force" in p.stderr
+    # SIGTERM to an init that does not handle it still stops it (as SIGKILL)
+    env.ok("tasks", "kill", "sleeper")
+    assert env.ok("tasks", "wait", "sleeper").strip() == "137"
+    assert [r.split()[2] for r in env.ok("tasks", "ls").splitlines()[1:]] == ["STOPPED"]
+    p = env.run("tasks", "kill", "-s", "KILL", "sleeper")
+    assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    p = env.run("exec", "sleeper", "true")
+    assert p.returncode == 5 and "not running" in p.stderr
+    env.ok("tasks", "rm", "sleeper")
+    env.ok("containers", "rm", "sleeper")
+    env.assert_nothing_left("sleeper")
+
+
+def test_signal_handled_by_init_is_delivered(env: Env) -> None:
+    script = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done"
+    env.ok("run", "-d", "--name", "trapper", IMAGE, "sh", "-c", script)
+    deadline = time.monotonic() + 10
+    while "ready" not in env.ok("logs", "trapper") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    env.ok("tasks", "kill", "-s", "SIGTERM", "trapper")
+    assert env.ok("tasks", "wait", "trapper").strip() == "3"
+    assert env.ok("logs", "trapper") == "ready\ngot-term\n"
+    env.ok("containers", "rm", "--force", "trapper")
+
+
+def test_exec_pause_resume_logs(env: Env) -> None:
+    env.ok("run", "-d", "--name", "box", IMAGE, "sh", "-c", "echo out; echo err >&2; sleep 300")
+    assert env.ok("exec", "box", "echo", "from-exec") == "from-exec\n"
+    assert env.run("exec", "box", "sh", "-c", "exit 9").returncode == 9
+    assert env.ok("exec", "-i", "box", "cat", input="in-exec\n") == "in-exec\n"
+    assert env.ok("exec", "--user", "nobody", "box", "id", "-u") == "65534\n"
+    p = env.run("logs", "box")
+    assert (p.stdout, p.stderr) == ("out\n", "err\n")
+    env.ok("tasks", "pause", "box")
+    assert env.ok("tasks", "ls").split()[-1] == "PAUSED"
+    env.ok("tasks", "resume", "box")
+    assert env.ok("tasks", "ls").split()[-1] == "RUNNING"
+    pids = env.ok("tasks", "ps", "box").split()
+    assert pids[:2] == ["PID", "INFO"] and len(pids) >= 4
+    env.ok("tasks", "kill", "-s", "9", "box")
+    assert env.ok("tasks", "wait", "box").strip() == "137"
+    env.ok("containers", "rm", "--force", "box")
+    env.assert_nothing_left("box")
+
+
+def test_user_and_workdir_from_image_and_flags(env: Env) -> None:
+    out = env.ok("run", "--rm", USER_IMAGE, "sh", "-c", "id -u; id -g; pwd")
+    assert out == "65534\n65534\n/tmp\n"
+    out = env.ok("run", "--rm", "-u", "0:0", "-w", "/root", USER_IMAGE, "sh", "-c", "id -u; pwd")
+    assert out == "0\n/root\n"
+    script = "echo $FOO; hostname"
+    out = env.ok("run", "--rm", "-e", "FOO=bar", "--hostname", "boxy", IMAGE, "sh", "-c", script)
+    assert out == "bar\nboxy\n"
+
+
+def test_read_only_rootfs(env: Env) -> None:
+    p = env.run("run", "--rm", "--read-only", IMAGE, "touch", "/x")
+    assert p.returncode != 0 and "Read-only" in p.stdout + p.stderr
+    assert env.run("run", "--rm", IMAGE, "touch", "/x").returncode == 0
+
+
+def test_memory_limit_visible_inside(env: Env) -> None:
+    script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"
+    assert env.ok("run", "--rm", "--memory", "64m", IMAGE, "sh", "-c", script) == f"{64 << 20}\n"
+
+
+def test_seccomp_default_and_unconfined(env: Env) -> None:
+    # unshare(2) of a user namespace needs no capability, but the default profile forbids it
+    p = env.run("run", "--rm", IMAGE, "unshare", "-U", "true")
+    assert p.returncode != 0 and "not permitted" in p.stderr
+    p = env.run("run", "--rm", "--security-opt", "seccomp=unconfined", IMAGE, "unshare", "-U", "true")
+    assert p.returncode == 0, p.stderr
+
+
+def test_containers_create_info_label(env: Env) -> None:
+    env.ok("containers", "create", "--label", "app=web", IMAGE, "made", "echo", "hi")
+    assert env.ok("containers", "ls", "-q").split() == ["made"]
+    info = json.loads(env.ok("containers", "info", "made"))
+    assert info["image"] == IMAGE and info["labels"] == {"app": "web"}
+    assert info["spec"]["process"]["args"] == ["echo", "hi"]
+    assert env.ok("containers", "label", "made", "tier=1", "app=").strip() == "tier=1"
+    assert env.ok("containers", "ls", "labels.tier==1", "-q").split() == ["made"]
+    assert env.run("tasks", "start", "made").stdout == "hi\n"
+    env.ok("containers", "rm", "made")
+    env.assert_nothing_left("made")
