@@ -135,8 +135,10 @@ class MetadataDB:
         self._mutation_hooks.append(fn)
 
     def mutated(self, kind: str) -> None:
-        """Say that records were deleted (``kind="delete"``) or changed (``"update"``)."""
-        for fn in self._mutation_hooks:
+        """Say that records were deleted (``kind="delete"``) or changed (``"update"``).  A hook added by
+        a hook while they run (the GC scheduler, initialised on the first deletion) hears this call
+        too."""
+        for fn in self._mutation_hooks:  # by index: hooks appended meanwhile are called as well
             try:
                 fn(kind)
             except Exception:
@@ -148,9 +150,8 @@ class MetadataDB:
         conn = self.conn
         _begin(conn)
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-            )
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_versions "
+                         "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -172,23 +173,40 @@ class MetadataDB:
                     f"pyctr knows ({len(steps)}); upgrade pyctr"
                 )
             return
+        if conn.in_transaction:
+            # Called inside a write transaction (a store made on first use within db.tx()): migrate in
+            # a savepoint of that transaction, which already holds the write lock.
+            conn.execute("SAVEPOINT pyctr_migrate")
+            try:
+                self._apply(conn, component, steps)
+                conn.execute("RELEASE pyctr_migrate")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK TO pyctr_migrate")
+                    conn.execute("RELEASE pyctr_migrate")
+                raise
+            return
         _begin(conn)
         try:
-            row = conn.execute("SELECT version FROM schema_versions WHERE component=?", (component,)).fetchone()
-            have = row[0] if row else 0
-            for sql in steps[have:]:
-                for stmt in _split(sql):
-                    conn.execute(stmt)
-            conn.execute(
-                "INSERT INTO schema_versions(component, version) VALUES(?, ?) "
-                "ON CONFLICT(component) DO UPDATE SET version=excluded.version",
-                (component, len(steps)),
-            )
+            self._apply(conn, component, steps)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, component: str, steps: list[str]) -> None:
+        row = conn.execute("SELECT version FROM schema_versions WHERE component=?", (component,)).fetchone()
+        have = row[0] if row else 0
+        for sql in steps[have:]:
+            for stmt in _split(sql):
+                conn.execute(stmt)
+        conn.execute(
+            "INSERT INTO schema_versions(component, version) VALUES(?, ?) "
+            "ON CONFLICT(component) DO UPDATE SET version=excluded.version",
+            (component, len(steps)),
+        )
 
     def close(self) -> None:
         with self._lock:
