@@ -276,3 +276,118 @@ def test_unreachable_registry_is_one_line(pyctr_client_factory: ClientFactory) -
     with pytest.raises(Unavailable) as ei:
         _dist(c).fetch("default", f"127.0.0.1:{free_port()}/a/b:1", plain_http=True)
     assert "connection refused" in str(ei.value) and "\n" not in str(ei.value)
+
+
+class Front:
+    """An HTTP server in the test that answers every request with a redirect to ``target`` (another
+    host:port), after failing each path ``failures`` times (503 with Retry-After: 0, then 429)."""
+
+    def __init__(self, target: str, failures: int = 0) -> None:
+        import http.server
+
+        self.target = target
+        self.failures = failures
+        self.seen: dict[str, int] = {}
+        self.auth_headers: list[str] = []
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                n = front.seen.get(self.path, 0)
+                front.seen[self.path] = n + 1
+                if n < front.failures:
+                    self.send_response(503 if n == 0 else 429)
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(307)
+                self.send_header("Location", f"http://{front.target}{self.path}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_HEAD = _answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.addr = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_redirects_to_another_host_and_retries_5xx_429(seeded_registry: SeededRegistry,
+                                                        pyctr_client_factory: ClientFactory) -> None:
+    front = Front(seeded_registry.addr, failures=2)
+    try:
+        c = pyctr_client_factory(retries=3, retry_backoff=0.01)
+        # the front answers for repository test/busybox; every request is redirected to the registry
+        res = _dist(c).fetch("default", f"{front.addr}/test/busybox:1", plain_http=True)
+    finally:
+        front.close()
+    assert res.target.digest == seeded_registry.busybox.root_digest
+    assert res.blobs == len(seeded_registry.busybox.blobs)
+    blob_paths = [p for p in front.seen if "/blobs/" in p]
+    assert blob_paths and all(front.seen[p] == 3 for p in blob_paths)  # 503, 429, then the redirect
+    # the distribution source names the host the user asked for
+    info = _content(c).info("default", seeded_registry.busybox.layers[0])
+    assert info.labels[f"{SOURCE}{front.addr}"] == "test/busybox"
+
+
+def test_retries_run_out_with_a_clear_error(seeded_registry: SeededRegistry,
+                                            pyctr_client_factory: ClientFactory) -> None:
+    front = Front(seeded_registry.addr, failures=100)
+    try:
+        c = pyctr_client_factory(retries=2, retry_backoff=0.01)
+        with pytest.raises(Unavailable) as ei:
+            _dist(c).fetch("default", f"{front.addr}/test/busybox:1", plain_http=True)
+    finally:
+        front.close()
+    assert "429" in str(ei.value) or "503" in str(ei.value) or "Too Many" in str(ei.value)
+    assert front.addr in str(ei.value)
+
+
+def test_second_namespace_links_without_download(seeded_registry: SeededRegistry,
+                                                 pyctr_client_factory: ClientFactory) -> None:
+    c = pyctr_client_factory()
+    ref = f"{seeded_registry.addr}/test/busybox:1"
+    first = _dist(c).fetch("a", ref, plain_http=True)
+    second = _dist(c).fetch("b", ref, plain_http=True)
+    assert first.bytes_fetched > 0
+    assert second.bytes_fetched == 0 and second.blobs == first.blobs
+    labels = _content(c).info("b", first.target.digest).labels
+    assert labels[f"{SOURCE}{seeded_registry.addr}"] == "test/busybox"
+    assert "containerd.io/gc.ref.content.config" in labels
+
+
+def test_concurrent_pulls_of_one_image_share_the_work(seeded_registry: SeededRegistry,
+                                                      pyctr_client_factory: ClientFactory) -> None:
+    c = pyctr_client_factory()
+    ref = f"{seeded_registry.addr}/test/big:1"
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(_dist(c).fetch("default", ref, plain_http=True))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert len(results) == 2
+    total = sum(seeded_registry.big.blobs.values())
+    # each blob was downloaded once between the two pulls
+    assert sum(r.bytes_fetched for r in results) <= total + 1024
+    assert _content(c).list_statuses("default") == []
