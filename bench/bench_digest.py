@@ -62,18 +62,25 @@ def main() -> None:
         want = subprocess.run(["sha256sum", str(src)], capture_output=True, text=True,
                               check=True).stdout.split()[0]
         mb = size / 1e6
-        rows: list[tuple[str, float]] = []
-        rows.append(("cython copy_and_hash (OpenSSL, GIL released)", best(lambda: copy_hash(c, src, dst, want),
-                                                                          args.repeat)))
-        rows.append(("pure-Python twin copy_and_hash (hashlib)", best(lambda: copy_hash(py, src, dst, want),
-                                                                      args.repeat)))
-        rows.append(("sha256sum FILE (hash only)", best(lambda: subprocess.run(
-            ["sha256sum", str(src)], capture_output=True, check=True), args.repeat)))
-        rows.append(("sha256sum FILE && cp FILE DST (hash + copy)", best(lambda: (subprocess.run(
-            ["sha256sum", str(src)], capture_output=True, check=True), shutil.copyfile(src, dst)), args.repeat)))
-        rows.append(("hashlib.sha256 over the file (hash only)", best(
-            lambda: hashlib.file_digest(open(src, "rb"), "sha256"), args.repeat)))  # noqa: SIM115
+        def sha256sum() -> None:
+            subprocess.run(["sha256sum", str(src)], capture_output=True, check=True)
 
+        def sha256sum_and_cp() -> None:
+            sha256sum()
+            shutil.copyfile(src, dst)
+
+        def hashlib_only() -> None:
+            with open(src, "rb") as f:
+                hashlib.file_digest(f, "sha256")
+
+        cases: list[tuple[str, Callable[[], object]]] = [
+            ("cython copy_and_hash (OpenSSL, GIL released)", lambda: copy_hash(c, src, dst, want)),
+            ("pure-Python twin copy_and_hash (hashlib)", lambda: copy_hash(py, src, dst, want)),
+            ("sha256sum FILE (hash only)", sha256sum),
+            ("sha256sum FILE && cp FILE DST (hash + copy)", sha256sum_and_cp),
+            ("hashlib.sha256 over the file (hash only)", hashlib_only),
+        ]
+        rows = [(name, best(fn, args.repeat)) for name, fn in cases]
         py_t = rows[1][1]
         print(f"file: {args.size_mib} MiB in {args.dir}; best of {args.repeat}; CPU: {os.cpu_count()} cores")
         print(f"{'path':48} {'seconds':>8} {'MB/s':>8} {'vs py':>6}")
