@@ -101,6 +101,7 @@ def teardown(rt: RuncRuntime) -> None:
                 rt.bundle(ns, id).remove()
         with contextlib.suppress(Exception):
             cgroups.remove(cg)
+    rt.stop_zygote()
     rt.close()
     for pid in shims:
         if not wait_gone(pid, 3.0):

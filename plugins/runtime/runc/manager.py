@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal as _signal
 import socket
 import subprocess
@@ -58,17 +59,17 @@ log = logging.getLogger("pyctr.runtime.runc")
 _SOCK_MAX = 100  # sun_path is 108 bytes
 # How a shim process is started: python -S -I (no site, ~6 ms) with the package paths handed over,
 # a fork first so that the shim is reparented to init and the spawner only waits for the fork.
+# argv: search path entries ("\n"-separated), package paths ("name=dir\tdir\n..."), msgpack config (hex).
 _BOOT = (
     "import os,sys\n"
     "if os.fork():os._exit(0)\n"
-    "import json\n"
-    "c=json.loads(sys.argv[1])\n"
-    "sys.path[:0]=c['path']\n"
+    "a=sys.argv\n"
+    "sys.path[:0]=a[1].split('\\n')\n"
     "M=type(sys)\n"
-    "for n,p in c['pkgs']:\n"
-    " m=M(n);m.__path__=p;sys.modules[n]=m\n"
+    "for x in a[2].split('\\n'):\n"
+    " n,_,p=x.partition('=');m=M(n);m.__path__=p.split('\\t');sys.modules[n]=m\n"
     "from pyctr.plugins.runtime.runc.shim import main\n"
-    "main(c)\n"
+    "main(a[3])\n"
 )
 
 
@@ -90,13 +91,18 @@ class RuncRuntime:
     """The ``pyctr.runtime.runc`` plugin instance."""
 
     def __init__(self, state: Path, *, runc_binary: str = "runc", runc_root: str = "",
-                 cgroup_parent: str = "/pyctr", shim_debug: bool = False,
-                 load: bool = True) -> None:
+                 cgroup_parent: str = "/pyctr", shim_debug: bool = False, zygote: bool = True,
+                 zygote_idle: float = 600.0, load: bool = True) -> None:
         self.state = Path(state)
         self.runc_binary = runc_binary
         self.runc_root = Path(runc_root) if runc_root else self.state / "runc"
         self.cgroup_parent = cgroup_parent
         self.shim_debug = shim_debug
+        self.zygote = zygote
+        self.zygote_idle = zygote_idle
+        self._children: list[subprocess.Popen[bytes]] = []
+        resolved = shutil.which(runc_binary)
+        self.runc_path = os.path.abspath(resolved) if resolved else runc_binary
         self.state.mkdir(parents=True, exist_ok=True, mode=0o711)
         self.sock_dir = self._socket_dir()
         self._clients: dict[str, ShimClient] = {}
@@ -150,47 +156,111 @@ class RuncRuntime:
         if c is not None:
             c.close()
 
-    def ensure_shim(self, ns: str, group: str) -> tuple[str, subprocess.Popen[bytes] | None]:
-        """The address of the group's shim, started if none answers (returns the spawn to reap)."""
+    def ensure_shim(self, ns: str, group: str) -> tuple[str, bool]:
+        """The address of the group's shim, started if none answers (and whether it is new)."""
         address = self.shim_address(ns, group)
         if self.client(address).ping() is not None:
-            return address, None
+            return address, False
         lock_fd = os.open(f"{address}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             if os.path.exists(address):
                 if self.client(address).ping() is not None:
-                    return address, None
+                    return address, False
                 self._forget_client(address)
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(address)  # a dead shim's socket
-            return address, self._spawn(address, ns, group)
+            self._spawn(address, ns, group)
+            return address, True
         finally:
             os.close(lock_fd)
 
-    def _spawn(self, address: str, ns: str, group: str) -> subprocess.Popen[bytes]:
+    @property
+    def zygote_address(self) -> str:
+        return str(self.sock_dir / "zygote.sock")
+
+    def _boot(self, cfg: dict[str, Any], listen_fd: int, log_path: Path) -> None:
+        """Start ``python -S -I`` running a shim or the zygote (it forks at once; reaped later)."""
+        import msgpack
+
+        path, pkgs = _boot_paths()
+        argv = ["\n".join(path), "\n".join(f"{n}={chr(9).join(p)}" for n, p in pkgs),
+                msgpack.packb({**cfg, "listen_fd": listen_fd}).hex()]
+        with open(log_path, "ab") as logf:
+            self._children.append(subprocess.Popen(
+                [os.path.realpath(sys.executable), "-S", "-I", "-c", _BOOT, *argv],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
+                pass_fds=(listen_fd,), start_new_session=True, cwd="/",
+            ))
+        self._reap_children()
+
+    def _reap_children(self, wait: bool = False) -> None:
+        left = []
+        for p in self._children:
+            if wait:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=5)
+            if p.poll() is None:
+                left.append(p)
+        self._children = left
+
+    def _spawn(self, address: str, ns: str, group: str) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        logs = self.state / "shims"
         try:
             sock.bind(address)
             os.chmod(address, 0o600)
             sock.listen(512)
-            path, pkgs = _boot_paths()
-            cfg = {"address": address, "group": group, "ns": ns, "listen_fd": sock.fileno(),
-                   "path": path, "pkgs": pkgs, "debug": self.shim_debug}
-            logs = self.state / "shims"
             logs.mkdir(exist_ok=True, mode=0o700)
-            with open(logs / (Path(address).stem + ".log"), "ab") as logf:
-                return subprocess.Popen(
-                    [os.path.realpath(sys.executable), "-S", "-I", "-c", _BOOT, json.dumps(cfg)],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
-                    pass_fds=(sock.fileno(),), start_new_session=True, cwd="/",
-                )
+            log_path = logs / (Path(address).stem + ".log")
+            cfg = {"address": address, "group": group, "ns": ns, "debug": self.shim_debug,
+                   "log": str(log_path)}
+            if self.zygote:
+                try:
+                    ShimClient(self.zygote_address, timeout=5.0).call(
+                        "spawn", {"cfg": cfg}, fds=[sock.fileno()], dedicated=True)
+                    return
+                except PyctrError:
+                    self._start_zygote()  # for the next shims; this one starts cold
+            self._boot(cfg, sock.fileno(), log_path)
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.unlink(address)
             raise Unavailable(f"cannot start a shim: {e}") from None
         finally:
             sock.close()
+
+    def _start_zygote(self) -> None:
+        address = self.zygote_address
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                sock.bind(address)
+            except OSError:
+                if _ping(address) is not None:
+                    return
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(address)  # a dead zygote's socket
+                sock.bind(address)
+            os.chmod(address, 0o600)
+            sock.listen(64)
+            logs = self.state / "shims"
+            logs.mkdir(exist_ok=True, mode=0o700)
+            self._boot({"zygote": True, "address": address, "idle": self.zygote_idle}, sock.fileno(),
+                       logs / "zygote.log")
+        except OSError as e:
+            log.warning("cannot start the shim zygote: %s", e)
+        finally:
+            sock.close()
+
+    def stop_zygote(self) -> None:
+        """Stop this state directory's zygote (tests; it otherwise exits when idle)."""
+        res = _ping(self.zygote_address)
+        if res and res.get("zygote_pid"):
+            with contextlib.suppress(OSError):
+                os.kill(int(res["zygote_pid"]), _signal.SIGTERM)
+        with contextlib.suppress(OSError):
+            os.unlink(self.zygote_address)
 
     # -- Runtime API -----------------------------------------------------------------------------------
 
@@ -272,24 +342,23 @@ class RuncRuntime:
         except FileExistsError:
             raise AlreadyExists(f"task {id!r} already exists in namespace {ns!r}") from None
         address = ""
-        spawned: subprocess.Popen[bytes] | None = None
         try:
             b.mount_rootfs(rootfs_mounts)
-            address, spawned = self.ensure_shim(ns, group)
+            address, fresh = self.ensure_shim(ns, group)
             rec = {"address": address, "group": group, "ns": ns, "id": id, "cgroup": cg,
                    "runc_root": self.runc_root_for(ns), "created_at": time.time()}
             b.write("shim.json", rec)
             params = {"ns": ns, "id": id, "bundle": str(b.path), "group": group, "cgroup": cg,
-                      "runc": {"binary": self.runc_binary, "root": self.runc_root_for(ns)},
+                      "runc": {"binary": self.runc_path, "root": self.runc_root_for(ns)},
                       "publish": self._event_address, "io": _io_params(io)}
             try:
                 res = self.client(address).call("create", params, fds=io.fds())
             except ShimGone:
-                if spawned is not None:
+                if fresh:
                     raise
                 # the group's shim was exiting as we came: start a fresh one, once
                 self._forget_client(address)
-                address, spawned = self.ensure_shim(ns, group)
+                address, fresh = self.ensure_shim(ns, group)
                 res = self.client(address).call("create", params, fds=io.fds())
             return RuncTask(self, ns, id, rec, int(res["pid"]))
         except BaseException:
@@ -303,9 +372,6 @@ class RuncRuntime:
             with contextlib.suppress(Exception):
                 b.remove()
             raise
-        finally:
-            if spawned is not None:
-                spawned.wait()  # the shim's first process only forks and exits
 
     def _prepare_spec(self, spec: dict[str, Any], ns: str, id: str, io: ProcessIO, mounted: bool) -> str:
         if not isinstance(spec.get("process"), dict):
@@ -420,6 +486,7 @@ class RuncRuntime:
 
     def close(self) -> None:
         self._closed = True
+        self._reap_children(wait=True)
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
         for c in clients:
@@ -430,6 +497,14 @@ class RuncRuntime:
             self._event_sock.close()
             with contextlib.suppress(OSError):
                 os.unlink(self._event_address)
+
+
+def _ping(address: str) -> dict[str, Any] | None:
+    c = ShimClient(address)
+    try:
+        return c.ping(timeout=1.0)
+    finally:
+        c.close()
 
 
 def _read_pid(path: Path) -> int:

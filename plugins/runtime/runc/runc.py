@@ -6,7 +6,6 @@ read back from that log (the last ``"level":"error"`` entry written during the c
 
 from __future__ import annotations
 
-import json
 import os
 
 #: runc's message when the process's command is missing from the image: the caller reports 127.
@@ -54,6 +53,8 @@ def last_error(log: str, offset: int) -> str:
             data = f.read(1 << 20)
     except OSError:
         return ""
+    import json
+
     msg = ""
     for line in data.splitlines():
         try:
