@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -208,3 +211,47 @@ def test_resume_uses_a_valid_checkpoint(impl: ModuleType, speedups: Speedups, tm
             resume(fd, len(data) + 10, None, impl.Sha256)
     finally:
         os.close(fd)
+
+
+def _progress_during(fn: Callable[[], object]) -> int:
+    """How far another thread gets while ``fn`` runs.  With a huge switch interval the other thread can
+    only run where ``fn`` releases the GIL, so 0 means ``fn`` held the GIL throughout."""
+    counter = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0)  # releases the GIL, so the main thread gets it back when it needs it
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(30)
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        while counter[0] == 0:
+            time.sleep(0.001)
+        before = counter[0]
+        fn()
+        return counter[0] - before
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(old)
+
+
+def test_large_updates_release_the_gil(impl: ModuleType) -> None:
+    data = os.urandom(64 << 20)
+    h = impl.Sha256()
+    assert _progress_during(lambda: h.update(data)) > 0
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_copy_and_hash_releases_the_gil(impl: ModuleType, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(32 << 20))
+    sfd = os.open(src, os.O_RDONLY)
+    try:
+        assert _progress_during(lambda: impl.copy_and_hash(sfd, -1, impl.Sha256())) > 0
+    finally:
+        os.close(sfd)
