@@ -276,6 +276,10 @@ def _split_lowerdirs(value: str) -> list[str]:
     return out
 
 
+#: Public name: split an overlay ``lowerdir=`` value into directories (a backslash escapes a colon).
+split_lowerdirs = _split_lowerdirs
+
+
 def _mount_overlay(source: str, target: str, flags: int, data: list[str]) -> None:
     datastr = ",".join(data)
     if len(datastr) < LONG_OPTIONS:
@@ -558,6 +562,7 @@ __all__ = [
     "mount_command",
     "mount_points",
     "parse_options",
+    "split_lowerdirs",
     "unmount",
     "unmount_all_under",
 ]
