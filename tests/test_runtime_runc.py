@@ -359,3 +359,27 @@ def test_plugin_registration(tmp_path: Path) -> None:
         eng.close()
         if str(rt.sock_dir).startswith("/tmp/pyctr-s-"):
             shutil.rmtree(rt.sock_dir, ignore_errors=True)
+
+
+def test_stdio_copy_mode(tmp_path: Path, rootfs: Path) -> None:
+    """With stdio_copy the shim copies (splice) instead of handing the destinations over."""
+    need_runc()
+    with runtime(tmp_path / "state", stdio_copy=True) as rt:
+        r, w = os.pipe()
+        ours = f"pipe:[{os.fstat(w).st_ino}]"
+        out = tmp_path / "out"
+        try:
+            spec = busybox_spec(rootfs, ["sh", "-c", "head -c 300000 /dev/zero; readlink /proc/self/fd/1 >&2"])
+            t = rt.create(NS, "cp", spec, [], ProcessIO(stdout=w, stderr=str(out)))
+            os.close(w)
+            t.start()
+            data = b""
+            while chunk := os.read(r, 1 << 16):
+                data += chunk
+        finally:
+            os.close(r)
+        assert t.wait(timeout=20).exit_status == 0
+        assert data == b"\0" * 300000
+        theirs = out.read_text().strip()
+        assert theirs.startswith("pipe:[") and theirs != ours  # the shim's pipe, copied to ours
+        t.delete()

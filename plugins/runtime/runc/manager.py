@@ -92,13 +92,14 @@ class RuncRuntime:
 
     def __init__(self, state: Path, *, runc_binary: str = "runc", runc_root: str = "",
                  cgroup_parent: str = "/pyctr", shim_debug: bool = False, zygote: bool = True,
-                 zygote_idle: float = 600.0, load: bool = True) -> None:
+                 zygote_idle: float = 600.0, stdio_copy: bool = False, load: bool = True) -> None:
         self.state = Path(state)
         self.runc_binary = runc_binary
         self.runc_root = Path(runc_root) if runc_root else self.state / "runc"
         self.cgroup_parent = cgroup_parent
         self.shim_debug = shim_debug
         self.zygote = zygote
+        self.stdio_copy = stdio_copy
         self.zygote_idle = zygote_idle
         self._children: list[subprocess.Popen[bytes]] = []
         resolved = shutil.which(runc_binary)
@@ -350,7 +351,7 @@ class RuncRuntime:
             b.write("shim.json", rec)
             params = {"ns": ns, "id": id, "bundle": str(b.path), "group": group, "cgroup": cg,
                       "runc": {"binary": self.runc_path, "root": self.runc_root_for(ns)},
-                      "publish": self._event_address, "io": _io_params(io)}
+                      "publish": self._event_address, "io": _io_params(io, self.stdio_copy)}
             try:
                 res = self.client(address).call("create", params, fds=io.fds())
             except ShimGone:
@@ -514,8 +515,9 @@ def _read_pid(path: Path) -> int:
         return 0
 
 
-def _io_params(io: ProcessIO) -> dict[str, Any]:
-    out: dict[str, Any] = {"terminal": io.terminal, "log_uri": io.log_uri, "json_log": io.json_log}
+def _io_params(io: ProcessIO, copy: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"terminal": io.terminal, "log_uri": io.log_uri, "json_log": io.json_log,
+                           "copy": copy}
     idx = 0
     for name in ("stdin", "stdout", "stderr"):
         v = getattr(io, name)
@@ -611,7 +613,7 @@ class RuncTask:
     def exec(self, exec_id: str, process_spec: Mapping[str, Any], io: ProcessIO) -> None:
         spec = dict(process_spec)
         spec["terminal"] = bool(io.terminal)
-        self._call("exec", exec_id, spec=spec, io=_io_params(io), fds=io.fds())
+        self._call("exec", exec_id, spec=spec, io=_io_params(io, self._rt.stdio_copy), fds=io.fds())
 
     def pause(self) -> None:
         self._call("pause")

@@ -21,6 +21,8 @@ def _init(ctx: InitContext) -> Any:
         runc_root=str(ctx.config["runc_root"]),
         cgroup_parent=str(ctx.config["cgroup_parent"]),
         shim_debug=bool(ctx.config["shim_debug"]),
+        zygote=bool(ctx.config["shim_zygote"]),
+        stdio_copy=bool(ctx.config["stdio_copy"]),
     )
 
 
@@ -31,7 +33,11 @@ def pyctr_plugin_registrations() -> list[Registration]:
             type=PluginType.RUNTIME,
             id="pyctr.runtime.runc",
             init=_init,
-            config={"runc_binary": "runc", "runc_root": "", "cgroup_parent": "/pyctr", "shim_debug": False},
+            # stdio_copy: the shim copies output even when it could hand the destination (a FIFO, a
+            # file, the caller's fd) to the container, as containerd's shim always does.
+            # shim_zygote: shims are forked from a warm parent (fast start, shared memory).
+            config={"runc_binary": "runc", "runc_root": "", "cgroup_parent": "/pyctr", "shim_debug": False,
+                    "shim_zygote": True, "stdio_copy": False},
             platforms=("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le", "linux/s390x",
                        "linux/riscv64", "linux/386"),
             description="Tasks run by runc, supervised by pyctr shims (grouping, restart-safe).",

@@ -595,7 +595,7 @@ class Shim:
                 child[0] = r
             for i, name in enumerate(("stdout", "stderr")):
                 fd = dests[i]
-                if not extras:
+                if not extras and (not io.get("copy") or fd < 0):
                     child.append(fd)  # straight to the destination: no copy at all
                     continue
                 if fd >= 0:
