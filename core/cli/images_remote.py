@@ -174,33 +174,35 @@ Platforms = Annotated[list[str] | None, typer.Option(
 User = Annotated[str | None, typer.Option("--user", "-u", help="user:password for the registry.")]
 
 
+def pull(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="Image reference, e.g. busybox or host:5000/repo:tag.")],
+    plain_http: PlainHttp = False,
+    platform: Platforms = None,
+    all_platforms: Annotated[bool, typer.Option("--all-platforms", help="Fetch every platform.")] = False,
+    user: User = None,
+    no_unpack: Annotated[bool, typer.Option("--no-unpack", help="Fetch only; do not unpack.")] = False,
+    snapshotter: Annotated[str | None, typer.Option("--snapshotter", help="Snapshotter to unpack into.")
+                           ] = None,
+) -> None:
+    """Pull an image from a registry: fetch its content, record it, unpack it."""
+    pull_image(ctx, ref, plain_http=plain_http, platforms=platform, all_platforms=all_platforms,
+               user=user, no_unpack=no_unpack, snapshotter=snapshotter)
+
+
+def push(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="Where to push: host[:port]/repo[:tag].")],
+    local: Annotated[str | None, typer.Argument(help="Local image to push (default: REF).")] = None,
+    plain_http: PlainHttp = False,
+    user: User = None,
+    platform: Platforms = None,
+) -> None:
+    """Push an image to a registry: blobs first, then manifests, then the index."""
+    push_image(ctx, ref, local, plain_http=plain_http, user=user, platforms=platform)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``pull`` and ``push`` to the ``images`` sub-app."""
-
-    @app.command("pull")
-    def pull(
-        ctx: typer.Context,
-        ref: Annotated[str, typer.Argument(help="Image reference, e.g. busybox or host:5000/repo:tag.")],
-        plain_http: PlainHttp = False,
-        platform: Platforms = None,
-        all_platforms: Annotated[bool, typer.Option("--all-platforms", help="Fetch every platform.")] = False,
-        user: User = None,
-        no_unpack: Annotated[bool, typer.Option("--no-unpack", help="Fetch only; do not unpack.")] = False,
-        snapshotter: Annotated[str | None, typer.Option("--snapshotter", help="Snapshotter to unpack into.")
-                               ] = None,
-    ) -> None:
-        """Pull an image from a registry: fetch its content, record it, unpack it."""
-        pull_image(ctx, ref, plain_http=plain_http, platforms=platform, all_platforms=all_platforms,
-                   user=user, no_unpack=no_unpack, snapshotter=snapshotter)
-
-    @app.command("push")
-    def push(
-        ctx: typer.Context,
-        ref: Annotated[str, typer.Argument(help="Where to push: host[:port]/repo[:tag].")],
-        local: Annotated[str | None, typer.Argument(help="Local image to push (default: REF).")] = None,
-        plain_http: PlainHttp = False,
-        user: User = None,
-        platform: Platforms = None,
-    ) -> None:
-        """Push an image to a registry: blobs first, then manifests, then the index."""
-        push_image(ctx, ref, local, plain_http=plain_http, user=user, platforms=platform)
+    app.command("pull")(pull)
+    app.command("push")(push)

@@ -6,10 +6,6 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from . import images_remote
+    from .images_remote import pull
 
-    sub = typer.Typer()
-    images_remote.register(sub)
-    for info in sub.registered_commands:
-        if info.name == "pull":
-            app.command("pull", help="Pull an image (same as images pull).")(info.callback)  # type: ignore[arg-type]
+    app.command("pull", help="Pull an image from a registry (same as images pull).")(pull)
