@@ -391,3 +391,24 @@ def test_concurrent_pulls_of_one_image_share_the_work(seeded_registry: SeededReg
     # each blob was downloaded once between the two pulls
     assert sum(r.bytes_fetched for r in results) <= total + 1024
     assert _content(c).list_statuses("default") == []
+
+
+def test_progress_renderer_draws_per_blob_lines() -> None:
+    import io
+
+    from pyctr.cli.images_remote import ProgressRenderer
+    from pyctr.plugins.distribution.registry.pull import ProgressEvent
+
+    out = io.StringIO()
+    r = ProgressRenderer(out, enabled=True)
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    r(ProgressEvent(f"layer-{a}", a, "layer", "downloading", 5_000_000, 10_000_000, resumed_from=1_000_000))
+    r(ProgressEvent(f"layer-{b}", b, "layer", "exists", 3_000_000, 3_000_000))
+    r(ProgressEvent(f"layer-{a}", a, "layer", "done", 10_000_000, 10_000_000))
+    r.finish()
+    text = out.getvalue()
+    assert "layer-aaaaaaaaaaaa" in text and "50.0%" in text and "resumed at 1.0 MB" in text
+    assert "layer-bbbbbbbbbbbb  exists" in text and "\x1b[2F" in text  # redrawn in place
+    quiet = io.StringIO()
+    ProgressRenderer(quiet)(ProgressEvent(f"layer-{a}", a, "layer", "done", 1, 1))
+    assert quiet.getvalue() == ""  # not a terminal: no bars
