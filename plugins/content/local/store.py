@@ -20,7 +20,9 @@ Guarantees:
 * a closed (not committed, not aborted) writer keeps its ingest; reopening the ref resumes at the
   written offset.  The hash state is checkpointed beside the data (on close, and every
   ``checkpoint_bytes`` written, after an fsync of the data), so resuming with the compiled hasher reads
-  only what the checkpoint does not cover; a corrupt or stale checkpoint falls back to re-hashing.
+  only what the checkpoint does not cover.  The checkpoint names the data file's inode and the hash of
+  the last 4 KiB it covers; a corrupt checkpoint, or one that does not match the data, is ignored and
+  the data re-hashed, so it never yields a wrong digest.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import struct
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -39,6 +42,7 @@ from types import ModuleType
 from typing import IO, Any, BinaryIO
 
 from pyctr._speedups import digest as _digest
+from pyctr._speedups._digest_py import unpack_state
 from pyctr.content import Info, Status, validate_digest
 from pyctr.errdefs import (
     AlreadyExists,
@@ -67,6 +71,44 @@ def _read_small(path: Path, default: str = "") -> str:
         return path.read_text()
     except FileNotFoundError:
         return default
+
+
+_CKPT_MAGIC = b"PYCTRCK1"
+_CKPT_HEAD = struct.Struct(">8sQQI32s")  # magic, data inode, count, tail length, sha256(tail)
+_CKPT_TAIL = 4096
+
+
+def _make_checkpoint(fd: int, state: bytes, count: int) -> bytes:
+    """The ``hashstate`` file: the hasher's state, bound to the data file it describes (its inode and
+    a hash of the last bytes it covers), so a checkpoint that belongs to other bytes is never used."""
+    tail_len = min(count, _CKPT_TAIL)
+    tail = os.pread(fd, tail_len, count - tail_len)
+    head = _CKPT_HEAD.pack(_CKPT_MAGIC, os.fstat(fd).st_ino, count, tail_len, hashlib.sha256(tail).digest())
+    return head + state
+
+
+def _load_checkpoint(path: Path, fd: int, size: int) -> bytes | None:
+    """The hasher state from ``path`` if it is intact and matches the data file open at ``fd`` (at most
+    ``size`` bytes long); otherwise None (the caller then re-hashes the data)."""
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(blob) < _CKPT_HEAD.size:
+        return None
+    magic, ino, count, tail_len, tail_sum = _CKPT_HEAD.unpack_from(blob)
+    state = blob[_CKPT_HEAD.size:]
+    if magic != _CKPT_MAGIC or ino != os.fstat(fd).st_ino or count > size:
+        return None
+    if tail_len != min(count, _CKPT_TAIL):
+        return None
+    try:
+        _kind, state_count, _ = unpack_state(state)
+    except ValueError:
+        return None
+    if state_count != count or hashlib.sha256(os.pread(fd, tail_len, count - tail_len)).digest() != tail_sum:
+        return None
+    return state
 
 
 def _fsync_dir(path: Path) -> None:
@@ -296,7 +338,7 @@ class LocalStore:
                 _write_small(d / "startedat", str(started))
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(d / "hashstate")
-                fd = os.open(d / "data", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                fd = os.open(d / "data", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
                 _write_small(d / "ref", ref)
                 hasher = self.impl.Sha256()
                 reread = 0
@@ -319,13 +361,10 @@ class LocalStore:
                     have_expected = expected
                 total, expected = have_total, have_expected
                 started = int(_read_small(d / "startedat", "0") or 0)
-                fd = os.open(d / "data", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fd = os.open(d / "data", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 size = os.fstat(fd).st_size
-                try:
-                    state: bytes | None = (d / "hashstate").read_bytes()
-                except FileNotFoundError:
-                    state = None
                 rfd = os.open(d / "data", os.O_RDONLY | os.O_CLOEXEC)
+                state = _load_checkpoint(d / "hashstate", rfd, size)
                 hasher, reread = _digest.resume(rfd, size, state, self.impl.Sha256)
                 os.lseek(fd, size, os.SEEK_SET)
         except BaseException:
@@ -421,7 +460,7 @@ class LocalWriter:
         self._check()
         os.fsync(self._fd)
         tmp = self.dir / f".hashstate.{uuid.uuid4().hex[:8]}"
-        tmp.write_bytes(self._h.state())
+        tmp.write_bytes(_make_checkpoint(self._fd, self._h.state(), self.offset))
         os.replace(tmp, self.dir / "hashstate")
         self._since_checkpoint = 0
 
