@@ -32,7 +32,7 @@ def make_busybox_rootfs(dest: Path) -> Path:
     """A busybox root file system (busybox-static and its applet links), as acc_busybox builds."""
     bb = shutil.which("busybox")
     assert bb is not None
-    for d in ("bin", "etc", "tmp", "root", "proc", "dev", "sys"):
+    for d in ("bin", "etc", "tmp", "root", "proc", "dev", "sys", "run"):
         (dest / d).mkdir(parents=True, exist_ok=True)
     os.chmod(dest / "tmp", 0o1777)
     shutil.copy2(bb, dest / "bin" / "busybox")

@@ -554,6 +554,7 @@ class Shim:
             if isinstance(v, dict):
                 src = received(v)
                 if io.get("terminal"):
+                    src = _private(src, os.O_RDONLY)
                     owned.append(src)
                     p.io["_stdin_src"] = src
                     child.append(-1)
@@ -577,6 +578,8 @@ class Shim:
                 v = io.get(name) or ""
                 if isinstance(v, dict):
                     fd = received(v)
+                    if io.get("terminal") or extras or io.get("copy"):
+                        fd = _private(fd, os.O_WRONLY)
                 elif v:
                     fd = _open_out(str(v))
                 else:
@@ -987,6 +990,17 @@ def _open_append(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
 
+def _private(fd: int, flags: int) -> int:
+    """A new open file description for a caller's pipe or terminal (``/proc/self/fd/N``), so that
+    the loop's O_NONBLOCK never reaches the caller's shell.  Sockets cannot be reopened: kept as is."""
+    try:
+        nfd = os.open(f"/proc/self/fd/{fd}", flags | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return fd
+    os.close(fd)
+    return nfd
+
+
 def _open_out(path: str) -> int:
     try:
         mode = os.stat(path).st_mode
@@ -994,11 +1008,15 @@ def _open_out(path: str) -> int:
         return _open_append(path)
     if stat.S_ISFIFO(mode):
         try:
-            return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             if e.errno != errno.ENXIO:  # no reader yet: keep the FIFO open ourselves
                 raise
-            return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        os.set_blocking(fd, True)  # the container may get it as it is: it expects blocking writes
+        return fd
+    # O_APPEND (stdout and stderr may share the file); splice refuses it, so a copy goes through
+    # user space
     return _open_append(path)
 
 
