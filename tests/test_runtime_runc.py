@@ -369,7 +369,8 @@ def test_stdio_copy_mode(tmp_path: Path, rootfs: Path) -> None:
         ours = f"pipe:[{os.fstat(w).st_ino}]"
         out = tmp_path / "out"
         try:
-            spec = busybox_spec(rootfs, ["sh", "-c", "head -c 300000 /dev/zero; readlink /proc/self/fd/1 >&2"])
+            cmd = "head -c 300000 /dev/zero; readlink /proc/self/fd/1 >&2"
+            spec = busybox_spec(rootfs, ["sh", "-c", cmd])
             t = rt.create(NS, "cp", spec, [], ProcessIO(stdout=w, stderr=str(out)))
             os.close(w)
             t.start()
