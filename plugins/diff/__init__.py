@@ -1,0 +1,1 @@
+"""Diff plugins: apply layers onto snapshot mounts and compute layers from two mounts."""

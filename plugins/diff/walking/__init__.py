@@ -1,0 +1,1 @@
+"""``pyctr.diff.walking``: the default differ (:mod:`.differ`), registered by :mod:`.plugin`."""
