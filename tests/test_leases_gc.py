@@ -299,8 +299,11 @@ def test_open_ingest_keeps_its_expected_digest_until_it_expires(world: World) ->
     res = world.collect()
     assert res.removed_content == [dgst]  # nothing holds the committed one
     assert res.removed_ingests == []
+    assert [s.ref for s in world.backend.list_statuses()] == ["default/upload-1"]
     res = world.collect(now=now_ns() + 25 * HOUR)
     assert res.removed_ingests == [("default", "upload-1")]
+    assert ("ingest", "default/upload-1") in res.backend
+    assert world.backend.list_statuses() == []
 
 
 def test_lease_api_validation(world: World) -> None:

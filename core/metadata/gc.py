@@ -460,6 +460,15 @@ def collect(
     if content_backend is not None:
         _clean_content(db, content_backend, removed_digests, res, when,
                        orphans=remove_orphans and "content" in tables, grace=orphan_grace)
+        for ns, ref in res.removed_ingests:  # the namespaced store's backend ref is "<ns>/<ref>"
+            try:
+                content_backend.abort(f"{ns}/{ref}")
+            except NotFound:
+                continue
+            except Exception as e:
+                res.errors.append(f"cannot abort ingest {ref!r} in namespace {ns}: {e}")
+                continue
+            res.backend.append(("ingest", f"{ns}/{ref}"))
     for sn, backend in (snapshot_backends or {}).items():
         mine = [bkey for node, bkey in removed_snaps if node[2].split("/", 1)[0] == sn]
         _clean_snapshots(db, sn, backend, mine, res, when,

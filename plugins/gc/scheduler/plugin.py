@@ -44,11 +44,32 @@ def _init(ctx: InitContext) -> Any:
             log.info("gc: no content backend (%s); blobs are left alone", e)
             content = None
         snapshotters = ctx.get_all(PluginType.SNAPSHOT)
-        return collect(store.db, content, snapshotters, orphan_grace=grace)
+        result = collect(store.db, content, snapshotters, orphan_grace=grace)
+        _publish(store, result)
+        return result
 
     sched = GCScheduler(run, ctx.config)
     store.db.add_mutation_hook(sched.mutated)
     return sched
+
+
+def _publish(store: Any, result: Any) -> None:
+    """containerd's events for what a collection removed: ``/snapshot/remove`` and, for expired images,
+    ``/images/delete``, in the object's namespace."""
+    import logging
+
+    publish = getattr(store, "publish", None)
+    if publish is None:
+        return
+    for kind, ns, key in result.records:
+        try:
+            if kind == "snapshot":
+                sn, _, name = key.partition("/")
+                publish(ns, "/snapshot/remove", {"key": name, "snapshotter": sn})
+            elif kind == "image":
+                publish(ns, "/images/delete", {"name": key})
+        except Exception:
+            logging.getLogger("pyctr.gc.scheduler").debug("cannot publish gc event", exc_info=True)
 
 
 @hookimpl
