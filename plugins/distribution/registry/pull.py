@@ -190,6 +190,7 @@ class Fetcher:
         self._lock = threading.Lock()
         self.result = FetchResult(name=str(ref), target=Descriptor("", "sha256:" + "0" * 64, 0))
         self._seen: set[str] = set()
+        self._cancel = threading.Event()  # set when one transfer failed: the others stop early
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -365,6 +366,8 @@ class Fetcher:
                         raise DataLoss(f"blob {desc.digest}: asked for bytes {start}-, got range {cr!r}")
             last = 0.0
             while True:
+                if self._cancel.is_set():
+                    raise _Cancelled()
                 n = resp.readinto(mv)
                 if n == 0:
                     break
@@ -445,9 +448,11 @@ class Fetcher:
             _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             for f in pending:
                 f.cancel()
-            errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
+            errors = [e for f in futures if f.done() and not f.cancelled()
+                      and (e := f.exception()) is not None and not isinstance(e, _Cancelled)]
             if errors:
-                # let running transfers stop at their next failure point; report the first error
+                self._cancel.set()
+                # running transfers stop at their next chunk (keeping their ingests); report the first error
                 wait([f for f in futures if not f.cancelled()])
                 err = errors[0]
                 assert err is not None
@@ -459,6 +464,10 @@ class Fetcher:
         except NotFound:
             existing = ""
         return img.merge_distribution_source(existing, self.ref.path)
+
+
+class _Cancelled(Exception):
+    """Another transfer of the same pull failed; this one stops (its ingest is kept for a resume)."""
 
 
 def _quiet_abort(w: Any) -> None:
