@@ -124,8 +124,9 @@ def service(client: Client) -> Any:
 
 
 def ensure_image(client: Client, ns: str, image: str) -> None:
-    """Pull ``image`` when the namespace does not have it (through the distribution plugin)."""
-    from .errdefs import NotFound
+    """Pull ``image`` when the namespace does not have it (through the distribution plugin) and unpack
+    it."""
+    from .errdefs import NotFound, PyctrError
 
     images = client.plugin("images")
     try:
@@ -138,10 +139,15 @@ def ensure_image(client: Client, ns: str, image: str) -> None:
     parse(image)  # a malformed reference is an InvalidArgument, not a pull attempt
     try:
         dist = client.plugin("distribution")
-    except Exception as e:
+    except PyctrError as e:
         raise NotFound(f"image {image!r} not found in namespace {ns!r} and cannot be pulled: {e}") from None
+    from .images import Image
+
     print(f"pulling {image} ...", file=sys.stderr)
-    dist.pull(ns, image)
+    with images.temporary_lease(ns, "pull") as lease:
+        res = dist.fetch(ns, image, lease_id=lease)
+        images.create_or_update(ns, Image(name=res.name, target=res.target))
+        images.unpack(ns, res.name)
 
 
 # -- attaching to a task -----------------------------------------------------------------------------

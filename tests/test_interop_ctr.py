@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from .conftest import Roots, child_env, pyctr_executable
+from conftest import Roots, child_env, pyctr_executable
 
 pytestmark = [
     pytest.mark.integration,

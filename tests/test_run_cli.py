@@ -19,10 +19,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-from .conftest import Roots, child_env, pyctr_executable
+from conftest import Roots, child_env, pyctr_executable
 
 pytestmark = [
     pytest.mark.integration,
@@ -268,3 +268,13 @@ def test_containers_create_info_label(env: Env) -> None:
     assert env.run("tasks", "start", "made").stdout == "hi\n"
     env.ok("containers", "rm", "made")
     env.assert_nothing_left("made")
+
+
+def test_run_pulls_a_missing_image(env: Env, seeded_registry: Any) -> None:
+    addr = seeded_registry.server.addr
+    with open(env.roots.config, "a") as f:
+        f.write(f'\n[plugins."pyctr.distribution.registry".hosts."{addr}"]\nplain_http = true\n')
+    p = env.run("run", "--rm", "--name", "pulled", f"{addr}/test/busybox:1", "echo", "from-the-registry")
+    assert (p.returncode, p.stdout) == (0, "from-the-registry\n"), p.stderr
+    assert f"{addr}/test/busybox:1" in env.ok("images", "ls", "-q").split()
+    env.assert_nothing_left("pulled")
