@@ -262,4 +262,5 @@ def test_third_party_snapshotter_plugin(work: Path) -> None:
         engine.close()
 
 
-TestThirdPartySuite = snapshotter_suite(_CopySnapshotter, name="copy", marks=[pytest.mark.integration])
+TestThirdPartySuite = snapshotter_suite(_CopySnapshotter, name="copy", marks=[pytest.mark.integration],
+                                       deep_chain=16)
