@@ -144,7 +144,7 @@ cdef class Loop:
     cdef list _done
     cdef epoll_event events[MAX_EVENTS]
 
-    def __cinit__(self, int bufsize=65536):
+    def __cinit__(self, int bufsize=262144):
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, os.strerror(errno))
@@ -373,6 +373,12 @@ cdef class Loop:
                 if r == 0:
                     self._finish(p)
                     return
+                if len(p.dests) == 1 and (<_Dest>p.dests[0]).kind == RAW:
+                    # one raw destination: write straight from the buffer, keep only what is left
+                    d = <_Dest>p.dests[0]
+                    if self._write_direct(p, d, r):
+                        continue
+                    break
                 data = PyBytes_FromStringAndSize(self.buf, r)
                 for d in p.dests:
                     d.pending = json_lines(data, d.stream, d.partial) if d.kind == JSON else data
@@ -383,6 +389,29 @@ cdef class Loop:
             break
         if p.id in self._pumps:
             self._update_pump(p)
+
+    cdef bint _write_direct(self, _Pump p, _Dest d, ssize_t n) except -1:
+        """Write ``n`` bytes of the loop's buffer to ``d``; True if all went (else the rest is pending)."""
+        cdef ssize_t off = 0, r
+        cdef int fd = d.fd, err = 0
+        while off < n:
+            with nogil:
+                r = write(fd, self.buf + off, n - off)
+                err = errno if r < 0 else 0
+            if r < 0:
+                if err == EINTR:
+                    continue
+                if err == EAGAIN:
+                    d.pending = PyBytes_FromStringAndSize(self.buf + off, n - off)
+                    d.off = 0
+                    p.blocked.add(fd)
+                    return False
+                if err in (EPIPE, EIO, ECONNRESET, EBADF, ENOSPC):
+                    self._drop(p, d)
+                    return True
+                raise OSError(err, os.strerror(err))
+            off += r
+        return True
 
     cdef _drop(self, _Pump p, _Dest d):
         p.dests.remove(d)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import os
-import selectors
 import stat
 import time
 
@@ -31,6 +30,9 @@ WRITE = 4  # EPOLLOUT
 
 RAW = 0
 JSON = 1
+
+_EV_READ = 1  # selectors.EVENT_READ / EVENT_WRITE (selectors is imported only by Loop: the shim stays small)
+_EV_WRITE = 2
 
 _SPLICE_MAX = 1 << 20
 _JSON_PARTIAL = 16 * 1024  # docker splits longer lines the same way
@@ -126,8 +128,10 @@ class _Pump:
 class Loop:
     """See the module docstring."""
 
-    def __init__(self, bufsize: int = 1 << 16) -> None:
+    def __init__(self, bufsize: int = 1 << 18) -> None:
         self.bufsize = bufsize
+        import selectors
+
         self._sel = selectors.DefaultSelector()
         self._interest: dict[int, int] = {}  # fd -> registered selector mask
         self._watched: dict[int, int] = {}  # fd -> selector mask the caller asked for
@@ -143,10 +147,10 @@ class Loop:
         mask = self._watched.get(fd, 0)
         for p in self._by_src.get(fd, ()):
             if not p.blocked and not p.eof:
-                mask |= selectors.EVENT_READ
+                mask |= _EV_READ
         for p in self._by_dst.get(fd, ()):
             if fd in p.blocked:
-                mask |= selectors.EVENT_WRITE
+                mask |= _EV_WRITE
         return mask
 
     def _update(self, fd: int) -> None:
@@ -173,8 +177,8 @@ class Loop:
 
     def watch(self, fd: int, events: int = READ) -> None:
         """Report ``events`` (``READ``/``WRITE``) on ``fd`` from :meth:`poll`."""
-        self._watched[fd] = (selectors.EVENT_READ if events & READ else 0) | (
-            selectors.EVENT_WRITE if events & WRITE else 0)
+        self._watched[fd] = (_EV_READ if events & READ else 0) | (
+            _EV_WRITE if events & WRITE else 0)
         self._update(fd)
 
     def unwatch(self, fd: int) -> None:
@@ -241,9 +245,9 @@ class Loop:
             fd = key.fd
             want = self._watched.get(fd, 0) & mask
             if want:
-                events.append((fd, (READ if want & selectors.EVENT_READ else 0)
-                               | (WRITE if want & selectors.EVENT_WRITE else 0)))
-            if mask & selectors.EVENT_WRITE:
+                events.append((fd, (READ if want & _EV_READ else 0)
+                               | (WRITE if want & _EV_WRITE else 0)))
+            if mask & _EV_WRITE:
                 for p in list(self._by_dst.get(fd, ())):
                     if fd in p.blocked:
                         p.blocked.discard(fd)
@@ -252,7 +256,7 @@ class Loop:
                             self._read(p)
                         elif p.id in self._pumps:
                             self._update_pump(p)
-            if mask & selectors.EVENT_READ:
+            if mask & _EV_READ:
                 for p in list(self._by_src.get(fd, ())):
                     if not p.blocked and not p.eof:
                         self._read(p)
