@@ -75,3 +75,27 @@ def pyctr_metrics_collectors(engine: Any) -> list[Any]:
     :return: a list of objects with a ``collect()`` method, as prometheus_client expects.
     """
     raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------
+# Daemon life cycle
+# ---------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def pyctr_daemon_started(engine: Any) -> None:
+    """Called once in ``pyctrd`` after every plugin has been initialised and the socket listens.
+
+    Start background work here (timers, watchers, reconnecting to live shims).  Embedded clients never
+    call it.
+
+    :param engine: the daemon's :class:`pyctr.engine.Engine`.
+    """
+
+
+@hookspec
+def pyctr_daemon_stopping(engine: Any) -> None:
+    """Called once when ``pyctrd`` shuts down, before plugins are closed.  Stop background work here.
+
+    :param engine: the daemon's :class:`pyctr.engine.Engine`.
+    """

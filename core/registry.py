@@ -165,6 +165,12 @@ class InitContext:
     def get_by_id(self, plugin_id: str) -> Any:
         return self._registry.get_by_id(plugin_id)
 
+    @property
+    def events(self) -> Any:
+        """The process's event exchange (:class:`pyctr.events.exchange.Exchange`): plugins publish
+        ``exchange.publish(ns, topic, payload)`` and subscribe ``exchange.subscribe(filters)``."""
+        return self._registry.events
+
 
 class Registry:
     """Orders registrations, initialises plugins lazily and records their status.
@@ -182,6 +188,17 @@ class Registry:
         self._initialised: list[str] = []  # ids in the order their init ran, for close()
         self._lock = threading.RLock()
         self.pm = plugin_manager
+        self.events_source: Callable[[], Any] | None = None
+
+    @property
+    def events(self) -> Any:
+        """The event exchange of the engine that owns this registry (a private one when standalone)."""
+        if self.events_source is None:
+            from .events.exchange import Exchange
+
+            ex = Exchange(self.pm)
+            self.events_source = lambda: ex
+        return self.events_source()
 
     # -- registration --------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ _TOP_LEVEL: list[str] = [
     "pyctr.cli.gc",
     "pyctr.cli.run",
     "pyctr.cli.version",
+    "pyctr.cli.events",
     "pyctr.cli.pull",
 ]
 _ALIASES: dict[str, str] = {"ns": "namespaces", "i": "images", "c": "containers", "t": "tasks"}

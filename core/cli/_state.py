@@ -28,11 +28,34 @@ class GlobalOptions:
         if self._client is None:
             from ..client import Client
 
+            address = self.address or self._daemon_address()
             self._client = Client(
-                root=self.root, state=self.state, address=self.address, namespace=self.namespace,
+                root=self.root, state=self.state, address=address, namespace=self.namespace,
                 config=self.config,
             )
         return self._client  # type: ignore[no-any-return]
+
+    def _daemon_address(self) -> str | None:
+        """The daemon's socket when one answers there (the CLI then goes through it), else None.
+
+        Looked for at ``<state>/pyctr.sock`` (``--state``, ``PYCTR_STATE``, or the default state).
+        """
+        import socket
+
+        from ..config import DEFAULT_STATE
+
+        path = os.path.join(self.state or DEFAULT_STATE, "pyctr.sock")
+        if not os.path.exists(path):
+            return None
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(0.5)
+        try:
+            s.connect(path)
+        except OSError:
+            return None
+        finally:
+            s.close()
+        return path
 
     def close(self) -> None:
         if self._client is not None:

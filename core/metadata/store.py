@@ -56,19 +56,26 @@ class MetadataStore:
     def namespaces(self) -> NamespaceStore:
         from .namespaces import NamespaceStore
 
-        return NamespaceStore(self.db)
+        return NamespaceStore(self.db, publish=self._publish_global)
 
     @cached_property
     def content(self) -> NamespacedContentStore:
         from .content import NamespacedContentStore
 
-        return NamespacedContentStore(self.db, self._registry.get("content"))
+        return NamespacedContentStore(self.db, self._registry.get("content"), publish=self.publish)
 
     @cached_property
     def leases(self) -> LeaseManager:
         from .leases import LeaseManager
 
-        return LeaseManager(self.db)
+        return LeaseManager(self.db, publish=self.publish)
+
+    def publish(self, ns: str, topic: str, payload: dict[str, Any]) -> None:
+        """Publish an event on the process's exchange (stores call this after their commits)."""
+        self._registry.events.publish(ns, topic, payload)
+
+    def _publish_global(self, topic: str, payload: dict[str, Any]) -> None:
+        self._registry.events.publish(str(payload.get("name", "")), topic, payload)
 
     def snapshotter(self, name: str | None = None) -> NamespacedSnapshotter:
         """The namespaced view of the snapshot plugin named ``name`` (default: overlayfs, else the first
@@ -82,7 +89,7 @@ class MetadataStore:
             if sn is None:
                 backend = self._registry.get_named("snapshot", name)
                 short = name.rsplit(".", 1)[-1]
-                sn = NamespacedSnapshotter(self.db, short, backend)
+                sn = NamespacedSnapshotter(self.db, short, backend, publish=self.publish)
                 self._snapshotters[name] = sn
             return sn
 
