@@ -44,7 +44,6 @@ Whiteouts = Literal["overlay", "native"]
 ChunkSource = Callable[[], bytes]
 
 CHUNK = 1 << 20  # bytes per pipeline chunk
-ZSTD_SLICE = 8192  # compressed bytes per zstd call (bounds one call's output)
 QUEUE_DEPTH = 8  # chunks in flight between the decompressor and the extractor
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -213,38 +212,29 @@ class _Pipeline:
     def _unzstd(self, read: Callable[[], bytes]) -> None:
         import zstandard
 
-        # ZstdDecompressionObj has no output bound, so feed it small slices: one call then yields at
-        # most ZSTD_SLICE * (zstd's ~32768:1 best ratio) bytes before the size limit is checked.
-        dctx = zstandard.ZstdDecompressor(max_window_size=1 << 31)
-        dec = None
-        out: list[bytes] = []
-        outlen = 0
+        # zstandard's stream reader bounds each read's output and releases the GIL, but says nothing
+        # when the input ends inside a frame: _ZstdFrames walks the frame and block headers as the
+        # compressed bytes go by to tell a complete stream from a truncated one.
+        frames = _ZstdFrames()
+
+        def raw() -> bytes:
+            data = read()
+            frames.feed(data)
+            return data
+
+        reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
+            _RawReader(raw), read_size=CHUNK, read_across_frames=True
+        )
         while not self._stop.is_set():
-            buf = read()
-            if not buf:
+            try:
+                out = reader.read(CHUNK)
+            except zstandard.ZstdError as e:
+                raise DataLoss(f"layer is not valid zstd: {e}") from None
+            if not out:
                 break
-            view = memoryview(buf)
-            while len(view):
-                if dec is None:
-                    dec = dctx.decompressobj()
-                piece, view = view[:ZSTD_SLICE], view[ZSTD_SLICE:]
-                try:
-                    o = dec.decompress(piece)
-                except zstandard.ZstdError as e:
-                    raise DataLoss(f"layer is not valid zstd: {e}") from None
-                if o:
-                    out.append(o)
-                    outlen += len(o)
-                    if outlen >= CHUNK:
-                        if not self._emit(b"".join(out)):
-                            return
-                        out, outlen = [], 0
-                if dec.eof:
-                    view = memoryview(dec.unused_data + bytes(view))
-                    dec = None
-        if out and not self._emit(b"".join(out)):
-            return
-        if dec is not None and not dec.eof:
+            if not self._emit(out):
+                return
+        if not self._stop.is_set() and not frames.complete:
             raise DataLoss("layer's zstd stream is truncated")
 
     # -- consumer -------------------------------------------------------------------------------
@@ -279,6 +269,83 @@ class _Pipeline:
         """The uncompressed stream's digest (waits for the hasher to finish)."""
         self._hasher.join()
         return "sha256:" + self._hash.hexdigest()
+
+
+class _ZstdFrames:
+    """Follows the zstd frame format (RFC 8878) over the compressed bytes without decompressing:
+    frame headers, block headers (skipping their payloads), checksums, skippable frames."""
+
+    def __init__(self) -> None:
+        self._state = "magic"
+        self._buf = b""
+        self._skip = 0
+        self._after_skip = "magic"
+        self._header_rest = 0
+        self._checksum = False
+        self.frames = 0
+
+    @property
+    def complete(self) -> bool:
+        return self._state == "magic" and not self._buf and not self._skip and self.frames > 0
+
+    def _need(self) -> int:
+        return {"magic": 4, "skipsize": 4, "fhd": 1, "fh": self._header_rest, "block": 3, "checksum": 4}[
+            self._state
+        ]
+
+    def feed(self, data: bytes) -> None:
+        pos, n = 0, len(data)
+        while True:
+            if self._skip:
+                take = min(self._skip, n - pos)
+                pos += take
+                self._skip -= take
+                if self._skip:
+                    return
+                self._state = self._after_skip
+            need = self._need()
+            have = len(self._buf)
+            if have + n - pos < need:
+                self._buf += data[pos:]
+                return
+            field = self._buf + data[pos : pos + need - have]
+            pos += need - have
+            self._buf = b""
+            self._step(field)
+
+    def _step(self, f: bytes) -> None:
+        st = self._state
+        if st == "magic":
+            magic = int.from_bytes(f, "little")
+            if magic == 0xFD2FB528:
+                self._state = "fhd"
+                self.frames += 1
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._state = "skipsize"
+            else:
+                raise DataLoss("layer's zstd stream has garbage between or after its frames")
+        elif st == "skipsize":
+            self._skip, self._after_skip = int.from_bytes(f, "little"), "magic"
+            self._state = "magic"
+        elif st == "fhd":
+            d = f[0]
+            fcs_flag, single, self._checksum, did_flag = d >> 6, bool(d & 0x20), bool(d & 0x04), d & 0x03
+            fcs = (1 if single else 0, 2, 4, 8)[fcs_flag]
+            self._header_rest = (0 if single else 1) + (0, 1, 2, 4)[did_flag] + fcs
+            self._state = "fh" if self._header_rest else "block"
+        elif st == "fh":
+            self._state = "block"
+        elif st == "block":
+            h = int.from_bytes(f, "little")
+            last, btype, size = h & 1, (h >> 1) & 3, h >> 3
+            if btype == 3:
+                raise DataLoss("layer's zstd stream has a reserved block type (corrupt)")
+            after = ("checksum" if self._checksum else "magic") if last else "block"
+            self._skip = 1 if btype == 1 else size
+            self._after_skip = after
+            self._state = after
+        elif st == "checksum":
+            self._state = "magic"
 
 
 class _RawReader(io.RawIOBase):

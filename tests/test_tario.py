@@ -270,6 +270,21 @@ def test_compression_detected_and_diff_id(apply: Apply, root: Path, codec: str) 
     assert (root / "d/f39").stat().st_size == 39 * 997
 
 
+def test_zstd_frame_walk(apply: Apply, root: Path) -> None:
+    """Skippable frames, checksums and content sizes are followed; garbage and cuts are caught."""
+    layer = _layer()
+    skippable = (0x184D2A5A).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"hello"
+    frames = (zstandard.ZstdCompressor(write_checksum=True).compress(layer[:9000])
+              + skippable
+              + zstandard.ZstdCompressor(write_content_size=False, level=19).compress(layer[9000:]))
+    r = apply(skippable + frames, root)
+    assert r.diff_id == "sha256:" + hashlib.sha256(layer).hexdigest()
+    for i, bad in enumerate((frames + b"junk", frames[:-1], frames[: len(frames) // 2])):
+        (root / str(i)).mkdir()
+        with pytest.raises(DataLoss):
+            apply(bad, root / str(i))
+
+
 def test_media_type_mismatch(apply: Apply, root: Path) -> None:
     with pytest.raises(DataLoss, match="declared"):
         apply(_layer(), root, media_type="application/vnd.oci.image.layer.v1.tar+gzip")
