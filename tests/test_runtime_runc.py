@@ -384,3 +384,15 @@ def test_stdio_copy_mode(tmp_path: Path, rootfs: Path) -> None:
         theirs = out.read_text().strip()
         assert theirs.startswith("pipe:[") and theirs != ours  # the shim's pipe, copied to ours
         t.delete()
+
+
+def test_oom_is_reported(rt: RuncRuntime, rootfs: Path) -> None:
+    spec = busybox_spec(rootfs, ["sh", "-c", "head -c 200000000 /dev/zero | tail; exit 3"], memory=16 << 20)
+    t = rt.create(NS, "oom", spec, [], ProcessIO())
+    t.start()
+    t.wait(timeout=60)
+    st = t.state()
+    assert st.reason == "oom", st
+    topics = [json.loads(x)["topic"] for x in (rt.bundle(NS, "oom").path / "events.jsonl").read_text().splitlines()]
+    assert topics.index("/tasks/oom") < topics.index("/tasks/exit")
+    t.delete()

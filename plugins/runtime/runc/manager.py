@@ -19,6 +19,7 @@ import os
 import shutil
 import signal as _signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from pyctr.errdefs import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PyctrError,
     Unavailable,
 )
@@ -126,6 +128,9 @@ class RuncRuntime:
             h = hashlib.sha256(str(self.state.resolve()).encode()).hexdigest()[:16]
             d = Path(f"/tmp/pyctr-s-{h}")
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise PermissionDenied(f"shim socket directory {d} is not a directory of ours; remove it")
         os.chmod(d, 0o700)
         return d
 

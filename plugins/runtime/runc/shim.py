@@ -177,6 +177,10 @@ class Shim:
         self.loop = shimio.Loop()
         self.listener = socket.socket(fileno=int(cfg["listen_fd"]))
         self.listener.setblocking(False)
+        try:
+            self.sock_ino = os.stat(self.address).st_ino
+        except OSError:
+            self.sock_ino = 0
         self.conns: dict[int, Conn] = {}
         self.containers: dict[tuple[str, str], Container] = {}
         self.by_pid: dict[int, Proc] = {}
@@ -239,7 +243,8 @@ class Shim:
 
     def _shutdown(self) -> None:
         with contextlib.suppress(OSError):
-            os.unlink(self.address)
+            if os.stat(self.address).st_ino == self.sock_ino:  # not a successor's socket
+                os.unlink(self.address)
         self.listener.close()
         for c in list(self.conns.values()):
             c.sock.close()
