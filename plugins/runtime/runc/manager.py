@@ -76,7 +76,7 @@ _BOOT = (
 
 
 def _boot_paths() -> tuple[list[str], list[tuple[str, list[str]]]]:
-    import msgpack  # type: ignore[import-untyped]
+    import msgpack
     import pyctr
     import pyctr._speedups
     import pyctr.plugins

@@ -25,7 +25,7 @@ import struct
 import sys
 import time
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 from pyctr._speedups import shimio
 from pyctr.plugins.runtime.runc import runc as R
 

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]
+import msgpack
 from pyctr.errdefs import DeadlineExceeded, PyctrError, Unavailable, from_code
 from pyctr.runtime import CommandNotFound
 
