@@ -29,21 +29,23 @@ def ingest_dirs(roots: Roots) -> list[Path]:
     return sorted(d.iterdir()) if d.exists() else []
 
 
-def test_ingest_ls_get_label_rm(pyctr_cli: PyctrCli, tmp_root: Roots, speedups: Speedups) -> None:
+def test_ingest_and_get_with_each_hasher(tmp_root: Roots, speedups: Speedups) -> None:
     data = os.urandom(300_000) + b"\n\0\xff"
     r = run_bytes(tmp_root, "content", "ingest", "--ref", "blob1", "--expected-size", str(len(data)),
                   input=data, env=speedups.env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().strip() == sha(data)
-    d = sha(data)
+    got = run_bytes(tmp_root, "content", "get", sha(data), env=speedups.env)
+    assert got.returncode == 0 and got.stdout == data
 
+
+def test_ls_label_rm(pyctr_cli: PyctrCli, tmp_root: Roots) -> None:
+    d = pyctr_cli("content", "ingest", "--ref", "r", input="some bytes", check=True).stdout.strip()
+    assert d == sha(b"some bytes")
     ls = pyctr_cli("content", "ls", check=True).stdout.splitlines()
     assert ls[0].split() == ["DIGEST", "SIZE", "AGE", "LABELS"]
     assert ls[1].split()[0] == d and ls[1].split()[-1] == "-"
     assert pyctr_cli("content", "ls", "-q", check=True).stdout.split() == [d]
-
-    got = run_bytes(tmp_root, "content", "get", d)
-    assert got.returncode == 0 and got.stdout == data
 
     labelled = pyctr_cli("content", "label", d, "kind=layer", "x=1", check=True)
     assert labelled.stdout.strip() == "kind=layer,x=1"
@@ -51,6 +53,8 @@ def test_ingest_ls_get_label_rm(pyctr_cli: PyctrCli, tmp_root: Roots, speedups: 
     assert pyctr_cli("content", "ls", "-q", "labels.kind==layer", check=True).stdout.split() == [d]
     assert pyctr_cli("content", "ls", "-q", "labels.kind==other", check=True).stdout.split() == []
     assert "kind=layer" in pyctr_cli("content", "ls", check=True).stdout
+    bad = pyctr_cli("content", "ls", "labels.kind==")
+    assert bad.returncode == 2 and "position" in bad.stderr
 
     assert pyctr_cli("content", "rm", d, check=True).stdout.strip() == d
     assert pyctr_cli("content", "ls", "-q", check=True).stdout.strip() == ""
