@@ -73,6 +73,9 @@ class GCScheduler:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
+        self._runs_started = 0
+        self._runs_done = 0
+        self._last_failed = False
         #: Statistics: number of collections run, failed (raised) and with errors; the last result.
         self.collections = 0
         self.failures = 0
@@ -110,19 +113,20 @@ class GCScheduler:
         if not self.running:
             return self.collect()
         with self._cond:
-            seen_ok, seen_failed = self.collections, self.failures
+            # a collection already under way may have read the store before this call: wait for the
+            # next one to start (runs are serialised, so they also finish in order)
+            target = self._runs_started + 1
             self._trigger_at = time.monotonic() + self.schedule_delay
             self._dirty = True
             self._cond.notify_all()
-            done = self._cond.wait_for(
-                lambda: self.collections > seen_ok or self.failures > seen_failed or self._stopping,
-                timeout=timeout)
+            done = self._cond.wait_for(lambda: self._runs_done >= target or self._stopping, timeout=timeout)
             if not done:
                 raise DeadlineExceeded(f"no garbage collection finished within {timeout} s")
-            if self.collections > seen_ok and self.last_result is not None:
+            if self._runs_done >= target:
+                if self._last_failed:
+                    raise Internal(f"garbage collection failed: {self.last_error}")
+                assert self.last_result is not None
                 return self.last_result
-            if self.failures > seen_failed:
-                raise Internal(f"garbage collection failed: {self.last_error}")
         return self.collect()  # the thread is stopping: run it here
 
     # -- running -------------------------------------------------------------------------------
@@ -134,18 +138,24 @@ class GCScheduler:
                 self._deletions = self._mutations = 0
                 self._dirty = False
                 self._trigger_at = None
+                self._runs_started += 1
+                run = self._runs_started
             start = time.monotonic()
             try:
                 result = self._collect_fn()
             except BaseException as e:
                 with self._cond:
+                    self._runs_done, self._last_failed = run, True
                     self.failures += 1
                     self.last_error = f"{type(e).__name__}: {e}"
                     self._last_end = time.monotonic()
+                    if self.interval > 0:  # retried at the next tick, not in a tight loop
+                        self._next_periodic = self._last_end + self.interval
                     self._cond.notify_all()
                 raise
             took = time.monotonic() - start
             with self._cond:
+                self._runs_done, self._last_failed = run, False
                 self.collections += 1
                 self.last_result = result
                 self._avg = took if self.collections == 1 else 0.8 * self._avg + 0.2 * took
@@ -227,13 +237,9 @@ class GCScheduler:
                 if self._stopping:
                     return
             try:
-                self.collect()
+                self.collect()  # resets the triggers it answers as it starts
             except Exception:
                 log.warning("gc: collection failed", exc_info=True)
-                with self._cond:  # back off instead of spinning on a persistent failure
-                    self._trigger_at = None
-                    self._dirty = False
-                    self._next_periodic = time.monotonic() + self.interval if self.interval > 0 else None
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
