@@ -117,6 +117,11 @@ def test_import_umoci_layout_tar_with_base_name(svc: Any, busybox: Path, tmp_pat
             made = svc.import_archive(NS, stream, base_name="acc/piped", unpack=False)
         os.waitpid(pid, 0)
     assert [i.name for i in made] == ["acc/piped:latest"]
+    # a gzip-compressed archive
+    gz = tmp_path / "bb.tar.gz"
+    subprocess.run(f"gzip -c {tarball} > {gz}", shell=True, check=True)
+    made2 = svc.import_archive(NS, gz, base_name="acc/gz", unpack=False)
+    assert [i.name for i in made2] == ["acc/gz:latest"] and made2[0].target == made[0].target
 
 
 # -- export ----------------------------------------------------------------------------------------
@@ -464,3 +469,48 @@ def test_failed_import_leaves_no_bytes(tmp_root: Roots, tmp_path: Path) -> None:
     with Client(**args) as c:
         assert list(c.plugin("content").walk()) == []  # ...and the collector removed them at close
         assert_empty(c.plugin("images"))
+
+
+def test_legacy_docker_save_layout(svc: Any, tmp_path: Path) -> None:
+    """``docker save`` before 25: ``<id>/layer.tar`` (one symlinked to another), a gzip layer,
+    ``<hex>.json`` config, ``repositories``; two tags on one image and an untagged one."""
+    import gzip
+
+    from images_helpers import tar_layer
+
+    d = tmp_path / "ds"
+    (d / "l1").mkdir(parents=True)
+    (d / "l2").mkdir()
+    (d / "l3").mkdir()
+    raw1, raw2 = tar_layer({"a": b"a"}), tar_layer({"b": b"b" * 100})
+    (d / "l1" / "layer.tar").write_bytes(raw1)
+    (d / "l2" / "layer.tar").write_bytes(gzip.compress(raw2, mtime=0))
+    os.symlink("../l1/layer.tar", d / "l3" / "layer.tar")  # docker links duplicated layers
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                      "rootfs": {"type": "layers", "diff_ids": [sha256(raw1), sha256(raw2), sha256(raw1)]}})
+    (d / "c0ffee.json").write_text(cfg)
+    cfg2 = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": [sha256(raw1)]}})
+    (d / "beef.json").write_text(cfg2)
+    (d / "manifest.json").write_text(json.dumps([
+        {"Config": "c0ffee.json", "RepoTags": ["busybox:latest", "example.com/x/y:2"],
+         "Layers": ["l1/layer.tar", "l2/layer.tar", "l3/layer.tar"]},
+        {"Config": "beef.json", "RepoTags": None, "Layers": ["l3/layer.tar"]},
+    ]))
+    (d / "repositories").write_text("{}")
+    made = svc.import_archive(NS, tar_dir(d, tmp_path / "ds.tar"), base_name="acc/ds", unpack=False)
+    names = sorted(i.name for i in made)
+    assert names[:2] == ["acc/ds@" + made[2].target.digest, "docker.io/library/busybox:latest"]
+    assert names[2] == "example.com/x/y:2"
+    ins = svc.inspect(NS, "busybox")
+    types = [x["mediaType"] for x in ins["layers"]]
+    assert types == ["application/vnd.docker.image.rootfs.diff.tar",
+                     "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                     "application/vnd.docker.image.rootfs.diff.tar"]
+    assert ins["layers"][1]["digest"] == sha256((d / "l2" / "layer.tar").read_bytes())
+    assert ins["check"]["status"] == "complete"
+    # a docker tar whose uncompressed layer does not match the config's diff id is refused, leaving nothing
+    (d / "c0ffee.json").write_text(cfg.replace(sha256(raw2), sha256(b"other")).replace(
+        sha256(raw1), sha256(b"wrong"), 1))
+    with pytest.raises(DataLoss):
+        svc.import_archive("ns3", tar_dir(d, tmp_path / "bad.tar"), unpack=False)
+    assert_empty(svc, "ns3")
