@@ -14,6 +14,7 @@ Tables (component ``leases``)::
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import json
 import re
@@ -253,7 +254,7 @@ class LeaseManager:
         if changed:
             self.db.mutated("delete")
 
-    def list_resources(self, ns: str, id: str) -> list[Resource]:
+    def list_resources(self, ns: str, id: str) -> builtins.list[Resource]:
         self._require(self.db.conn, ns, id)
         rows = self.db.query(
             "SELECT type, key FROM lease_resources WHERE ns=? AND lease=? ORDER BY type, key", (ns, id))

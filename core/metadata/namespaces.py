@@ -16,6 +16,7 @@ namespace's default snapshotter and runtime, as in containerd.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
@@ -171,7 +172,7 @@ class NamespaceStore:
     def list(self) -> list[Namespace]:
         return [_row(r) for r in self.db.query("SELECT * FROM namespaces ORDER BY name")]
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:
         return [r[0] for r in self.db.query("SELECT name FROM namespaces ORDER BY name")]
 
     def labels(self, name: str) -> dict[str, str]:
