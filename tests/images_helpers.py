@@ -1,5 +1,6 @@
-"""Builders for the image tests: OCI layouts written by hand (fast, any shape, any defect), a busybox
-layout made by ``umoci`` from busybox-static (as the acceptance checks do), archives of both."""
+"""Builders for the image tests: OCI layouts written by hand (fast, any shape, any defect), the
+acceptance check's whiteout image made by ``umoci``, and archives of them.  (The busybox layout is
+``busybox_layout`` from ``fixtures_images``.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import shutil
 import subprocess
 import tarfile
@@ -112,45 +112,6 @@ def tar_dir(src: Path, out: Path) -> Path:
     """``(cd src && tar -cf out .)``."""
     subprocess.run(["tar", "-C", str(src), "-cf", str(out), "."], check=True)
     return out
-
-
-def busybox_layout(cache: Path) -> Path:
-    """An OCI layout (tag ``latest``) holding busybox-static, made by umoci; cached under ``cache``."""
-    layout = cache / "busybox-layout"
-    if (layout / "index.json").exists():
-        return layout
-    for tool in ("umoci", "busybox"):
-        if shutil.which(tool) is None:
-            import pytest
-
-            pytest.skip(f"{tool} is not installed")
-    tmp = cache / "bb-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    lay, bundle = tmp / "layout", tmp / "bundle"
-
-    def run(*args: str) -> None:
-        subprocess.run(args, check=True, capture_output=True)
-
-    run("umoci", "init", "--layout", str(lay))
-    run("umoci", "new", "--image", f"{lay}:latest")
-    run("umoci", "unpack", "--image", f"{lay}:latest", str(bundle))
-    rootfs = bundle / "rootfs"
-    for d in ("bin", "etc", "tmp", "root"):
-        (rootfs / d).mkdir(exist_ok=True)
-    bb = shutil.which("busybox")
-    assert bb is not None
-    shutil.copy(bb, rootfs / "bin" / "busybox")
-    for applet in ("sh", "ls", "cat", "echo"):
-        os.symlink("busybox", rootfs / "bin" / applet)
-    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    run("umoci", "repack", "--image", f"{lay}:latest", str(bundle))
-    run("umoci", "config", "--image", f"{lay}:latest", "--config.cmd", "sh", "--config.env", "PATH=/bin",
-        "--architecture", "amd64", "--os", "linux")
-    run("umoci", "gc", "--layout", str(lay))
-    lay.rename(layout)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return layout
 
 
 def whiteout_layout(dest: Path) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import Roots
-from images_helpers import OCI_LAYER, OCI_MANIFEST, Layout, busybox_layout, sha256, tar_dir
+from images_helpers import OCI_LAYER, OCI_MANIFEST, Layout, sha256, tar_dir
 from pyctr import Client
 from pyctr.errdefs import DataLoss, InvalidArgument, NotFound, NotImplementedErr, PyctrError
 
@@ -26,13 +26,10 @@ needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("images-cache")
-
-
-@pytest.fixture(scope="session")
-def busybox(cache: Path) -> Path:
-    return busybox_layout(cache)
+def busybox(busybox_layout: Any) -> Path:
+    """The shared umoci busybox layout (tests/fixtures_images.py), tag ``latest``."""
+    path: Path = busybox_layout.path
+    return path
 
 
 @pytest.fixture
