@@ -77,7 +77,11 @@ def ingest(
         print(expected_digest)  # already present (or linked from another namespace): nothing to send
         return
     try:
-        w.copy_from(sys.stdin.buffer.fileno())
+        if opts(ctx).client().remote:  # the daemon cannot read our stdin: send it in chunks
+            while chunk := sys.stdin.buffer.read(1 << 20):
+                w.write(chunk)
+        else:
+            w.copy_from(sys.stdin.buffer.fileno())
     except BaseException:
         w.close()  # keep what arrived, for a resume
         raise

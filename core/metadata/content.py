@@ -359,6 +359,10 @@ class NamespacedWriter:
     def digest(self) -> str:
         return self.backend_writer.digest()
 
+    def __pyctr_release__(self) -> None:
+        """The RPC client that held this writer went away: close it, keeping the ingest resumable."""
+        self.close()
+
     def truncate(self, size: int) -> None:
         self.backend_writer.truncate(size)
 
