@@ -78,7 +78,7 @@ def test_state_roundtrip(impl: ModuleType, speedups: Speedups, split: int) -> No
 
 
 def test_states_are_portable_between_implementations(speedups: Speedups) -> None:
-    c = speedups.load("digest") if speedups.name == "c" else pytest.skip("needs the compiled module")
+    c = speedups.load("digest") if speedups.name == "c" else pytest.skip("runs once, under the c parameter")
     from pyctr._speedups import _digest_py as py
 
     # an empty state from either side restores anywhere; a count-only state never restores non-empty
