@@ -125,10 +125,26 @@ def import_(
                                                     help="Snapshotter to unpack into.")] = None,
 ) -> None:
     """Import images from an archive; print the names made."""
+    import os
+    import shutil
+    import tempfile
+
     svc, ns = _svc(ctx)
-    images = svc.import_archive(ns, file, base_name=base_name, index_name=index_name,
-                                all_platforms=all_platforms, unpack=not no_unpack, snapshotter=snapshotter,
-                                digests=digests, platform=platform)
+    spool = None
+    if file != "-":
+        file = os.path.abspath(file)  # the daemon resolves paths from its own working directory
+    elif opts(ctx).client().remote:  # the daemon cannot read our stdin: spool it to a file it can read
+        spool = tempfile.NamedTemporaryFile(prefix="pyctr-import-", suffix=".tar")  # noqa: SIM115
+        shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+        spool.flush()
+        file = spool.name
+    try:
+        images = svc.import_archive(ns, file, base_name=base_name, index_name=index_name,
+                                    all_platforms=all_platforms, unpack=not no_unpack, snapshotter=snapshotter,
+                                    digests=digests, platform=platform)
+    finally:
+        if spool is not None:
+            spool.close()
     for i in images:
         print(f"{i.name} {i.target.digest}")
 
@@ -145,7 +161,21 @@ def export(
         "--skip-manifest-json", help="Leave out the docker manifest.json.")] = False,
 ) -> None:
     """Write images as an OCI layout tar (with a docker manifest.json)."""
+    import os
+    import shutil
+    import tempfile
+
     svc, ns = _svc(ctx)
+    if file == "-" and opts(ctx).client().remote:  # the daemon writes a file; we copy it to stdout
+        with tempfile.TemporaryDirectory(prefix="pyctr-export-") as d:
+            out = os.path.join(d, "image.tar")
+            svc.export_archive(ns, out, refs, platforms=platform or None, all_platforms=all_platforms,
+                               skip_manifest_json=skip_manifest_json)
+            with open(out, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer, 1 << 20)
+        return
+    if file != "-":
+        file = os.path.abspath(file)
     svc.export_archive(ns, file, refs, platforms=platform or None, all_platforms=all_platforms,
                        skip_manifest_json=skip_manifest_json)
 
