@@ -47,7 +47,7 @@ packages, package_dir = _packages()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"pyctr": ["py.typed"], "pyctr._speedups": ["*.pyx", "*.pxd"]},
+    package_data={"pyctr": ["py.typed"], "pyctr._speedups": ["*.pyx", "*.pxd", "*.pyi"]},
     ext_modules=_extensions(),
     zip_safe=False,
 )
