@@ -199,3 +199,19 @@ def test_parse_duration() -> None:
     for bad in ("", "h", "1x", "1h 30m", "-"):
         with pytest.raises(InvalidArgument):
             parse_duration(bad)
+
+
+def test_namespaces_a_store_wrote_in_without_creating_them_are_listed(db: MetadataDB) -> None:
+    store = NamespaceStore(db)
+    store.create("made")
+    with db.tx() as tx:  # a store that writes rows without NamespaceStore.ensure
+        tx.execute("CREATE TABLE IF NOT EXISTS sandboxes (ns TEXT, id TEXT)")
+        tx.execute("INSERT INTO sandboxes VALUES('implicit', 's1')")
+    assert store.names() == ["implicit", "made"]
+    assert store.exists("implicit") and store.get("implicit").labels == {}
+    with pytest.raises(FailedPrecondition, match=r"sandboxes \(1\)"):
+        store.delete("implicit")
+    assert store.set_labels("implicit", {"a": "b"}) == {"a": "b"}
+    db.conn.execute("DELETE FROM sandboxes")
+    store.delete("implicit")
+    assert store.names() == ["made"]

@@ -126,7 +126,10 @@ class NamespaceStore:
         with self.db.tx() as tx:
             row = tx.execute("SELECT labels FROM namespaces WHERE name=?", (name,)).fetchone()
             if row is None:
-                raise NotFound(f"namespace {name!r} not found")
+                if name not in self._implicit(tx):
+                    raise NotFound(f"namespace {name!r} not found")
+                self.ensure(name)
+                row = tx.execute("SELECT labels FROM namespaces WHERE name=?", (name,)).fetchone()
             current: dict[str, str] = {} if replace else json.loads(row["labels"] or "{}")
             for k, v in labels.items():
                 if v == "":
@@ -147,9 +150,9 @@ class NamespaceStore:
         """Remove an empty namespace: :class:`NotFound` if it does not exist, :class:`FailedPrecondition`
         naming what is left (images, containers, content, snapshots, leases, ...) if it is not empty."""
         with self.db.tx() as tx:
-            if tx.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone() is None:
-                raise NotFound(f"namespace {name!r} not found")
             left = self._contents(tx, name)
+            if not left and tx.execute("SELECT 1 FROM namespaces WHERE name=?", (name,)).fetchone() is None:
+                raise NotFound(f"namespace {name!r} not found")
             if left:
                 what = ", ".join(f"{kind} ({n})" for kind, n in left.items())
                 raise FailedPrecondition(
@@ -163,17 +166,26 @@ class NamespaceStore:
     def get(self, name: str) -> Namespace:
         row = self.db.query_one("SELECT * FROM namespaces WHERE name=?", (name,))
         if row is None:
+            if name in self._implicit(self.db.conn):
+                return Namespace(name)
             raise NotFound(f"namespace {name!r} not found")
         return _row(row)
 
     def exists(self, name: str) -> bool:
-        return self.db.query_one("SELECT 1 FROM namespaces WHERE name=?", (name,)) is not None
+        if self.db.query_one("SELECT 1 FROM namespaces WHERE name=?", (name,)) is not None:
+            return True
+        return name in self._implicit(self.db.conn)
 
     def list(self) -> list[Namespace]:
-        return [_row(r) for r in self.db.query("SELECT * FROM namespaces ORDER BY name")]
+        """Every namespace, by name: those created, and those a store wrote objects in without creating
+        the namespace first (listed with no labels)."""
+        found = {r["name"]: _row(r) for r in self.db.query("SELECT * FROM namespaces")}
+        for name in self._implicit(self.db.conn) - set(found):
+            found[name] = Namespace(name)
+        return [found[n] for n in sorted(found)]
 
     def names(self) -> builtins.list[str]:
-        return [r[0] for r in self.db.query("SELECT name FROM namespaces ORDER BY name")]
+        return [n.name for n in self.list()]
 
     def labels(self, name: str) -> dict[str, str]:
         return self.get(name).labels
@@ -183,6 +195,15 @@ class NamespaceStore:
         return self._contents(self.db.conn, name)
 
     # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _implicit(conn: sqlite3.Connection | Tx) -> set[str]:
+        """Namespaces that hold objects, whether or not they have a row of their own."""
+        out: set[str] = set()
+        for table, col in namespaced_tables(conn).items():
+            if table not in _DEPENDENT_TABLES:
+                out.update(r[0] for r in conn.execute(f'SELECT DISTINCT "{col}" FROM "{table}"').fetchall())
+        return out
 
     @staticmethod
     def _contents(conn: sqlite3.Connection | Tx, name: str) -> dict[str, int]:
