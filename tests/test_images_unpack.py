@@ -244,3 +244,122 @@ def test_remove_then_gc_collects_snapshots(svc: Any, client: Client, tmp_path: P
     svc.delete(NS, "acc/g:1", sync=True)
     assert snapshots(svc, "native") == []
     assert svc.content.walk(NS) == []
+
+
+# -- unpack during fetch ----------------------------------------------------------------------------
+
+
+class _Ev:
+    def __init__(self, digest: str, kind: str, state: str = "done") -> None:
+        self.digest, self.kind, self.state = digest, kind, state
+
+
+def _put(svc: Any, desc: dict[str, Any], data: bytes, labels: dict[str, str] | None = None) -> None:
+    from pyctr.errdefs import AlreadyExists
+
+    try:
+        w = svc.content.writer(NS, f"test-{desc['digest']}", desc["size"], desc["digest"])
+    except AlreadyExists:
+        return
+    w.write(data)
+    w.commit(desc["size"], desc["digest"], labels=labels or {})
+
+
+def _feed(svc: Any, lay: Layout, man: dict[str, Any], session: Any, gate: Any = None) -> None:
+    """What a pull does: manifest first (with its GC labels), then the config, then each layer, with a
+    progress event after each commit; ``gate(i)`` runs before layer ``i`` is written."""
+    from pyctr import images as imgs
+    from pyctr.content import Descriptor
+
+    mdata = lay.blob(man["digest"]).read_bytes()
+    doc = json.loads(mdata)
+    mdesc = Descriptor.from_oci(man)
+    kids = imgs.children(mdesc, mdata)
+    _put(svc, man, mdata, imgs.child_gc_labels(mdesc, kids))
+    _put(svc, doc["config"], lay.blob(doc["config"]["digest"]).read_bytes())
+    session.on_event(_Ev(doc["config"]["digest"], "config"))
+    for i, layer in enumerate(doc["layers"]):
+        if gate is not None:
+            gate(i)
+        _put(svc, layer, lay.blob(layer["digest"]).read_bytes())
+        session.on_event(_Ev(layer["digest"], "layer"))
+
+
+def test_unpack_session_applies_layers_while_fetching(svc: Any, tmp_path: Path) -> None:
+    import time
+
+    from pyctr.content import Descriptor
+
+    lay = Layout(tmp_path / "lay")
+    layers = [{f"l{i}": os.urandom(50_000)} for i in range(3)]
+    man = lay.image(layers)
+    chain = chain_ids([sha256(tar_layer(x)) for x in layers])
+    sn = svc.md.snapshotter("native")
+    seen_early: list[bool] = []
+
+    def gate(i: int) -> None:
+        if i == 2:  # before the last layer arrives, the first two must already be unpacked
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if {s.name for s in sn.walk(NS)} >= {chain[0], chain[1]}:
+                    seen_early.append(True)
+                    return
+                time.sleep(0.02)
+            seen_early.append(False)
+
+    with svc.temporary_lease(NS, "pull") as lease, svc.unpack_session(NS, "native", lease=lease) as session:
+        _feed(svc, lay, man, session, gate)
+        top = session.finish(Descriptor.from_oci(man))
+    assert seen_early == [True]
+    assert top == chain[2]
+    assert {s.name for s in sn.walk(NS)} == set(chain)
+
+
+def test_unpack_session_failure_cleans_up(svc: Any, tmp_path: Path) -> None:
+    from pyctr.content import Descriptor
+
+    lay = _bad_diff_id_layout(tmp_path)
+    man = lay.index[0]
+    with svc.temporary_lease(NS, "pull") as lease:
+        session = svc.unpack_session(NS, "overlayfs", lease=lease)
+        _feed(svc, lay, man, session)
+        with pytest.raises(DataLoss, match="wrong diff id"):
+            session.finish(Descriptor.from_oci(man))
+    assert snapshots(svc, "overlayfs") == []
+    # a fetch that fails midway: abort stops the session and removes what it committed
+    lay2 = Layout(tmp_path / "lay2")
+    man2 = lay2.image([{"a": b"a"}, {"b": b"b"}])
+
+    def boom(i: int) -> None:
+        if i == 1:
+            import time
+
+            deadline = time.monotonic() + 10
+            while not snapshots(svc, "overlayfs") and time.monotonic() < deadline:
+                time.sleep(0.02)
+            raise ConnectionError("registry went away")
+
+    with (svc.temporary_lease(NS, "pull") as lease, pytest.raises(ConnectionError),
+          svc.unpack_session(NS, "overlayfs", lease=lease) as session):
+        _feed(svc, lay2, man2, session, boom)
+    assert snapshots(svc, "overlayfs") == []
+
+
+def test_unpack_session_with_a_real_pull(client: Client, seeded_registry: Any) -> None:
+    svc = client.plugin("images")
+    try:
+        dist = client.plugin("distribution")
+        client.plugin("diff")
+    except PyctrError as e:
+        pytest.skip(f"needs the distribution and diff plugins: {e}")
+    from pyctr.images import Image
+
+    ref = f"{seeded_registry.server.addr}/test/big:1"
+    with svc.temporary_lease(NS, "pull") as lease:
+        with svc.unpack_session(NS, "overlayfs", lease=lease) as session:
+            res = dist.fetch(NS, ref, plain_http=True, progress=session.progress(), lease_id=lease)
+            top = session.finish(res.target)
+        svc.create_or_update(NS, Image(name=res.name, target=res.target))
+    assert top == svc.inspect(NS, ref)["chain_ids"][-1]
+    assert svc.unpacked(NS, svc.get(NS, ref), "overlayfs")
+    assert session.result is not None and session.result.manifest  # the session did the work

@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pyctr import images as imgs
 from pyctr import mediatypes as mt
@@ -23,6 +23,9 @@ from pyctr.content import Descriptor
 from pyctr.errdefs import AlreadyExists, InvalidArgument, NotFound, PyctrError
 from pyctr.images import Image
 from pyctr.metadata.images import ImageStore
+
+if TYPE_CHECKING:
+    from .unpack import UnpackSession
 
 log = logging.getLogger("pyctr.plugin.pyctr.images.metadata")
 
@@ -218,6 +221,21 @@ class ImageService:
         except BaseException:
             u.rollback()
             raise
+
+    def unpack_session(self, ns: str, snapshotter: str | None = None, platform: str | None = None, *,
+                       lease: str | None = None) -> UnpackSession:
+        """Start unpacking while a pull fetches (see :class:`~.unpack.UnpackSession`)::
+
+            with images.temporary_lease(ns, "pull") as lease:
+                with images.unpack_session(ns, snapshotter, platform, lease=lease) as session:
+                    res = dist.fetch(ns, ref, progress=session.progress(renderer), lease_id=lease)
+                    top = session.finish(res.target)      # raises (and cleans up) if unpack failed
+                images.create_or_update(ns, Image(name=res.name, target=res.target))
+        """
+        from .unpack import UnpackSession
+
+        matcher = plat.only(platform) if platform else plat.default()
+        return UnpackSession(self, ns, self.snapshotter_name(ns, snapshotter), lease, matcher)
 
     # -- archives --------------------------------------------------------------------------------
 

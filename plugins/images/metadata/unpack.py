@@ -22,8 +22,9 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ class UnpackResult:
     snapshotter: str
     chain: list[str] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
+    manifest: str = ""
 
 
 @contextlib.contextmanager
@@ -84,11 +86,18 @@ class Unpacker:
         return self.svc.registry.get("diff")
 
     def unpack(self, target: Descriptor, matcher: plat.Matcher | None = None) -> UnpackResult:
-        svc, ns = self.svc, self.ns
-        read = svc.reader(ns)
+        read = self.svc.reader(self.ns)
         manifest = imgs.manifest_for_platform(read, target, matcher or plat.default())
         config_desc, layers = imgs.parse_manifest(manifest, read(manifest))
         cfg = imgs.parse_config(read(config_desc))
+        return self.unpack_manifest(manifest, config_desc, layers, cfg)
+
+    def unpack_manifest(self, manifest: Descriptor, config_desc: Descriptor, layers: list[Descriptor],
+                        cfg: imgs.ImageConfig, wait: Callable[[Descriptor], bool] | None = None
+                        ) -> UnpackResult:
+        """Unpack ``layers`` of ``manifest`` in order; ``wait(layer)`` (if given) blocks until the layer's
+        blob is in the store and returns False to stop (the blob will not come)."""
+        svc, ns = self.svc, self.ns
         layers = [x for x in layers if mt.is_layer(x.media_type)]
         if len(layers) != len(cfg.diff_ids):
             raise DataLoss(
@@ -101,10 +110,13 @@ class Unpacker:
         differ = self._differ()
         parent = ""
         for layer, diff_id, chain_id in zip(layers, cfg.diff_ids, chain, strict=True):
+            if wait is not None and not self._committed(chain_id) and not wait(layer):
+                raise _Stopped()
             self._layer(differ, layer, diff_id, chain_id, parent)
             parent = chain_id
         svc.set_blob_labels(ns, config_desc.digest, {f"{imgs.GC_REF_SNAPSHOT}.{self.sn_short}": chain[-1]})
-        return UnpackResult(top=chain[-1], snapshotter=self.sn_short, chain=chain, created=list(self.created))
+        return UnpackResult(top=chain[-1], snapshotter=self.sn_short, chain=chain, created=list(self.created),
+                            manifest=manifest.digest)
 
     def _lock_path(self, chain_id: str) -> Path:
         return self.svc.state / "locks" / self.sn_short / chain_id.replace(":", "-")
@@ -171,3 +183,164 @@ class Unpacker:
             except PyctrError as e:
                 log.info("leaving snapshot %s to the garbage collector: %s", key, e)
         self.created.clear()
+
+
+class _Stopped(Exception):
+    """The fetch ended without the blob an unpack-during-fetch was waiting for."""
+
+
+#: progress states that mean "this blob is in the content store now"
+_READY_STATES = frozenset({"done", "exists", "mounted"})
+
+
+class UnpackSession:
+    """Unpack while a pull is still fetching (containerd's unpacker wrapping the fetch handler): layer
+    *i* is applied as soon as its blob is in the store and layers *0..i-1* are done, while later layers
+    are still downloading.
+
+    Feed it the fetch's progress events (:meth:`on_event`, or wrap a progress callback with
+    :meth:`progress`); events are hints: the store is re-checked, so a missed event only delays.  The
+    manifest to unpack is found from the first config blob that arrives for the platform (through the
+    manifest's ``containerd.io/gc.ref.content.config`` label).  :meth:`finish` with the pulled target
+    waits for the work, checks it unpacked the right manifest (or unpacks it now, reusing what is
+    committed) and returns the top chain ID; :meth:`abort` (or leaving a ``with`` block by an exception)
+    stops and removes what the session committed.
+    """
+
+    POLL_S = 0.2
+
+    def __init__(self, svc: ImageService, ns: str, snapshotter: str, lease: str | None,
+                 matcher: plat.Matcher) -> None:
+        self.svc = svc
+        self.ns = ns
+        self.matcher = matcher
+        self.unpacker = Unpacker(svc, ns, snapshotter, lease)
+        self._cond = threading.Condition()
+        self._ready: set[str] = set()
+        self._configs: list[str] = []
+        self._closed = False
+        self._error: BaseException | None = None
+        self.result: UnpackResult | None = None
+        self._thread = threading.Thread(target=self._run, name="pyctr-unpack", daemon=True)
+        self._thread.start()
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def on_event(self, ev: Any) -> None:
+        state = getattr(ev, "state", "")
+        digest = getattr(ev, "digest", "")
+        if state not in _READY_STATES or not digest:
+            return
+        with self._cond:
+            self._ready.add(digest)
+            if getattr(ev, "kind", "") == "config":
+                self._configs.append(digest)
+            self._cond.notify_all()
+
+    def progress(self, inner: Callable[[Any], None] | None = None) -> Callable[[Any], None]:
+        """A progress callback that feeds this session, then ``inner``."""
+
+        def cb(ev: Any) -> None:
+            self.on_event(ev)
+            if inner is not None:
+                inner(ev)
+
+        return cb
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    def _have(self, digest: str) -> bool:
+        return digest in self._ready or bool(self.svc.content.exists(self.ns, digest))
+
+    def _wait_blob(self, desc: Descriptor) -> bool:
+        with self._cond:
+            while True:
+                if self._have(desc.digest):
+                    return True
+                if self._closed:
+                    return bool(self.svc.content.exists(self.ns, desc.digest))
+                self._cond.wait(self.POLL_S)
+
+    def _next_config(self, seen: set[str]) -> str | None:
+        with self._cond:
+            while True:
+                for d in self._configs:
+                    if d not in seen:
+                        return d
+                if self._closed:
+                    return None
+                self._cond.wait(self.POLL_S)
+
+    def _manifest_for_config(self, config: str) -> Descriptor | None:
+        key = f"{imgs.GC_REF_CONTENT}.config"
+        for info in self.svc.content.walk(self.ns, [f'labels."{key}"=={config}']):
+            blob = self.svc.read_blob(self.ns, Descriptor(mt.OCI_MANIFEST, info.digest, info.size))
+            try:
+                media_type = mt.detect(blob)
+            except PyctrError:
+                continue
+            if mt.is_manifest(media_type):
+                return Descriptor(media_type, info.digest, info.size)
+        return None
+
+    def _run(self) -> None:
+        svc, ns = self.svc, self.ns
+        seen: set[str] = set()
+        try:
+            while True:
+                config = self._next_config(seen)
+                if config is None:
+                    return
+                seen.add(config)
+                manifest = self._manifest_for_config(config)
+                if manifest is None:
+                    continue
+                config_desc, layers = imgs.parse_manifest(manifest, svc.read_blob(ns, manifest))
+                cfg = imgs.parse_config(svc.read_blob(ns, config_desc))
+                if cfg.platform.os and not self.matcher.match(cfg.platform):
+                    continue
+                self.result = self.unpacker.unpack_manifest(manifest, config_desc, layers, cfg,
+                                                            wait=self._wait_blob)
+                return
+        except _Stopped:
+            return
+        except BaseException as e:
+            self._error = e
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _stop(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def finish(self, target: Descriptor) -> str:
+        """Wait for the session; make sure ``target``'s manifest for the platform is unpacked; return
+        its top chain ID.  On failure what the session committed is removed and the error raised."""
+        self._stop()
+        try:
+            if self._error is not None:
+                raise self._error
+            read = self.svc.reader(self.ns)
+            want = imgs.manifest_for_platform(read, target, self.matcher)
+            if self.result is None or self.result.manifest != want.digest:
+                self.result = self.unpacker.unpack(target, self.matcher)
+            return self.result.top
+        except BaseException:
+            self.unpacker.rollback()
+            raise
+
+    def abort(self) -> None:
+        """Stop and remove what the session committed."""
+        self._stop()
+        self.unpacker.rollback()
+
+    def __enter__(self) -> UnpackSession:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.abort()
+        else:
+            self._stop()
