@@ -407,6 +407,63 @@ def show_logs(client: Client, ns: str, container: str, *, follow: bool = False, 
 
 # -- the fast path ---------------------------------------------------------------------------------
 
+def entry_points(group: str) -> list[tuple[str, str]]:
+    """``(name, value)`` of the entry points in ``group`` of every distribution on ``sys.path``, read
+    straight from ``*.dist-info/entry_points.txt`` (the first distribution of a name wins, as
+    :mod:`importlib.metadata` decides).  Importing :mod:`importlib.metadata` alone (it pulls in the
+    ``email`` package) costs more than this whole scan."""
+    seen: set[str] = set()
+    out: list[tuple[str, str]] = []
+    for base in sys.path:
+        base = base or "."
+        try:
+            names = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for n in names:
+            if not n.endswith((".dist-info", ".egg-info")):
+                continue
+            dist = n.split("-", 1)[0].lower().replace(".", "_")
+            if dist in seen:
+                continue
+            seen.add(dist)
+            try:
+                with open(os.path.join(base, n, "entry_points.txt"), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            section = ""
+            for line in text.splitlines():
+                line = line.strip()
+                if not line or line[0] in "#;":
+                    continue
+                if line.startswith("["):
+                    section = line.strip("[]").strip()
+                elif section == group and "=" in line:
+                    name, value = line.split("=", 1)
+                    out.append((name.strip(), value.strip()))
+    return out
+
+
+def quick_plugin_manager() -> Any:
+    """The plugin manager :func:`pyctr.registry.make_plugin_manager` makes, with the entry points found
+    by :func:`entry_points` (a module that fails to import is recorded as the registry does)."""
+    import importlib
+
+    from .registry import ENTRY_POINT_GROUP, LOAD_ERRORS, make_plugin_manager
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    for name, value in entry_points(ENTRY_POINT_GROUP):
+        if pm.get_plugin(name) is not None or pm.is_blocked(name):
+            continue
+        try:
+            pm.register(importlib.import_module(value.split(":", 1)[0].strip()), name=name)
+        except Exception as e:
+            LOAD_ERRORS[name] = f"cannot load {value}: {type(e).__name__}: {e}"
+    pm.check_pending()
+    return pm
+
+
 _GLOBAL_VALUE = {"--root": "root", "--state": "state", "--address": "address", "-a": "address",
                  "--namespace": "namespace", "-n": "namespace", "--config": "config", "-c": "config"}
 _GLOBAL_ENV = {"root": "PYCTR_ROOT", "state": "PYCTR_STATE", "address": "PYCTR_ADDRESS",
@@ -531,6 +588,10 @@ def fast_main(argv: list[str], *, close: bool = True) -> int | None:
 
         client = Client(root=g.get("root"), state=g.get("state"), address=g.get("address"),
                         namespace=g.get("namespace") or "default", config=g.get("config"))
+        if not client.remote and not os.environ.get("PYCTR_NO_PLUGIN_AUTOLOAD"):
+            from .engine import Engine
+
+            client._engine = Engine(client.config, quick_plugin_manager())
         run_flags = {k: v for k, v in flags.items() if k not in ("rm", "detach", "interactive", "name")}
         return run_container(client, client.namespace, image, args, rm=bool(flags.get("rm")),
                              detach=bool(flags.get("detach")), interactive=bool(flags.get("interactive")),

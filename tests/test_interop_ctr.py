@@ -111,7 +111,12 @@ def test_pyctr_and_ctr_print_the_same(ctr: list[str], tmp_root: Roots, tmp_path:
     finally:
         _unmount_under(tmp_root.root)
         _unmount_under(tmp_root.state)
-        for pid in _procs_mentioning(str(tmp_root.state).encode().hex().encode()):
+        from pyctr.plugins.runtime.runc.manager import RuncRuntime
+
+        rt = RuncRuntime(tmp_root.state / "pyctr.runtime.runc", load=False)
+        with contextlib.suppress(Exception):
+            rt.stop_zygote()
+        for pid in _procs_mentioning(str(rt.sock_dir).encode().hex().encode()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for ctrl in [Path("/sys/fs/cgroup"), *Path("/sys/fs/cgroup").iterdir()]:

@@ -73,9 +73,20 @@ class Env:
             out.append(p)
         return out
 
-    def shim_pids(self) -> list[int]:
-        """Processes whose command line names this test's state (shims carry it in their config)."""
-        needles = [str(self.roots.state).encode(), str(self.roots.state).encode().hex().encode()]
+    def _runtime(self) -> Any:
+        from pyctr.plugins.runtime.runc.manager import RuncRuntime
+
+        return RuncRuntime(self.roots.state / "pyctr.runtime.runc", load=False)
+
+    def shim_pids(self, *, with_zygote: bool = False) -> list[int]:
+        """Shim processes of this test's state (their command line carries its socket directory); the
+        shim zygote (a warm parent that forks shims, shared by every container) only if asked."""
+        from pyctr.plugins.runtime.runc.manager import _ping
+
+        rt = self._runtime()
+        needles = [str(rt.sock_dir).encode().hex().encode(), str(self.roots.state).encode()]
+        res = _ping(rt.zygote_address) or {}
+        zygote = int(res.get("zygote_pid") or 0)
         pids = []
         for d in Path("/proc").iterdir():
             if not d.name.isdigit() or int(d.name) == os.getpid():
@@ -84,9 +95,12 @@ class Env:
                 cmdline = (d / "cmdline").read_bytes()
             except OSError:
                 continue
-            if any(n in cmdline for n in needles):
+            if any(n in cmdline for n in needles) and (with_zygote or int(d.name) != zygote):
                 pids.append(int(d.name))
         return pids
+
+    def stop_zygote(self) -> None:
+        self._runtime().stop_zygote()
 
     def assert_nothing_left(self, cid: str) -> None:
         assert self.ok("containers", "ls", "-q").split() == [], "container records left"
@@ -123,7 +137,9 @@ def env(tmp_root: Roots) -> Iterator[Env]:
                 e.run("containers", "rm", "--force", cid)
         except Exception:
             pass
-        for pid in e.shim_pids():
+        with contextlib.suppress(Exception):
+            e.stop_zygote()
+        for pid in e.shim_pids(with_zygote=True):
             _kill(pid)
         for m in sorted(e.mounts_under(), reverse=True):
             subprocess.run(["umount", "-l", m], check=False)

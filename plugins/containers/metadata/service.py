@@ -36,6 +36,7 @@ log = logging.getLogger("pyctr.plugin.pyctr.containers.metadata")
 DEFAULT_RUNTIME = "pyctr.runtime.runc"
 EXT_RUN_OPTIONS = "pyctr.run-options"
 LABEL_IMAGE_STOP_SIGNAL = "io.containerd.image.config.stop-signal"
+LABEL_DEFAULT_SNAPSHOTTER = "containerd.io/defaults/snapshotter"
 
 
 def new_id() -> str:
@@ -103,6 +104,21 @@ class ContainerService:
         cfg = imgs.parse_config(read(config_desc))
         return img, cfg.raw, imgs.chain_id(cfg.diff_ids) if cfg.diff_ids else ""
 
+    def snapshotter_name(self, ns: str, name: str | None = None) -> str:
+        """The images service's choice (``name``, the namespace's default label, the configured one),
+        but without starting every snapshot plugin just to learn the default: overlayfs when it loads."""
+        if name:
+            return name
+        images = self.images
+        labels = self.md.namespaces.labels(ns) if self.md.namespaces.exists(ns) else {}
+        if labels.get(LABEL_DEFAULT_SNAPSHOTTER) or images.config.get("snapshotter"):
+            return str(images.snapshotter_name(ns))
+        try:
+            self.md.snapshotter("overlayfs")
+            return "overlayfs"
+        except PyctrError:
+            return str(images.snapshotter_name(ns))
+
     def _ensure_unpacked(self, ns: str, image_name: str, snapshotter: str, top: str) -> None:
         if not top:
             return
@@ -135,11 +151,10 @@ class ContainerService:
 
         opts = options if isinstance(options, RunOptions) else RunOptions.from_dict(options)
         validate_id(id_)
-        self.md.namespaces.ensure(ns)
         if self.store.exists(ns, id_):
             raise AlreadyExists(f"container {id_!r} already exists in namespace {ns!r}")
         img, config, top = self.image_config(ns, image_name)
-        sn_name = self.images.snapshotter_name(ns, snapshotter)
+        sn_name = self.snapshotter_name(ns, snapshotter)
         self._ensure_unpacked(ns, image_name, sn_name, top)
         sn = self.md.snapshotter(sn_name)
         all_labels = dict(labels or {})
