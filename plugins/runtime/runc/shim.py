@@ -589,6 +589,8 @@ class Shim:
                     fd = _open_out(str(v))
                 else:
                     fd = -2
+                if fd >= 0:
+                    _grow_pipe(fd)  # a pipe or FIFO holds 1 MiB: 16x fewer wake-ups (no-op on others)
                 dests.append(fd)
             if io.get("terminal"):
                 for fd in dests:
@@ -1026,6 +1028,7 @@ def _open_out(path: str) -> int:
 
 
 def _grow_pipe(fd: int) -> None:
+    """Raise a pipe's capacity to 1 MiB (pipes only; anything else refuses with EBADF)."""
     with contextlib.suppress(OSError):
         fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
 
