@@ -353,8 +353,9 @@ def follow_log(path: str, *, follow: bool, tail: int | None, running: Callable[[
         while not os.path.exists(path):
             if not running():
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
         f = open(path, "rb")  # noqa: SIM115
+        tail = None  # the log appeared after we started: all of it is new
     with f:
         lines = f.read().split(b"\n")
         partial = lines.pop()

@@ -294,3 +294,16 @@ def test_run_pulls_a_missing_image(env: Env, seeded_registry: Any) -> None:
     assert (p.returncode, p.stdout) == (0, "from-the-registry\n"), p.stderr
     assert f"{addr}/test/busybox:1" in env.ok("images", "ls", "-q").split()
     env.assert_nothing_left("pulled")
+
+
+def test_logs_follow_and_attach(env: Env) -> None:
+    env.ok("run", "-d", "--name", "talker", IMAGE, "sh", "-c", "for i in 1 2 3; do echo l$i; sleep 0.3; done")
+    p = env.run("logs", "-f", "talker")
+    assert (p.returncode, p.stdout) == (0, "l1\nl2\nl3\n")
+    assert env.ok("logs", "--tail", "1", "talker") == "l3\n"
+    env.ok("containers", "rm", "talker")
+    env.ok("run", "-d", "--name", "att", IMAGE, "sh", "-c", "sleep 1; echo late; exit 3")
+    p = env.run("tasks", "attach", "att")
+    assert (p.returncode, p.stdout) == (3, "late\n")
+    env.ok("containers", "rm", "att")
+    env.assert_nothing_left("att")
