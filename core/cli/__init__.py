@@ -33,6 +33,7 @@ _TOP_LEVEL: list[str] = [
     "pyctr.cli.version",
     "pyctr.cli.events",
     "pyctr.cli.pull",
+    "pyctr.cli.metrics",
 ]
 _ALIASES: dict[str, str] = {"ns": "namespaces", "i": "images", "c": "containers", "t": "tasks"}
 

@@ -1,0 +1,1 @@
+"""Metrics plugins (type ``metrics``): what pyctr exposes to monitoring systems."""
