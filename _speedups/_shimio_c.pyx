@@ -354,7 +354,8 @@ cdef class Loop:
                         if err in (EPIPE, ECONNRESET, EBADF, EIO):
                             self._drop(p, d)
                             continue
-                        raise OSError(err, os.strerror(err))
+                        p.splice = False  # anything else: let read/write find out which side failed
+                        continue
                     if r == 0:
                         self._finish(p)
                         return
@@ -367,9 +368,7 @@ cdef class Loop:
                         break
                     if err == EINTR:
                         continue
-                    if err != EIO:  # EIO: a pty master once the slave side closed
-                        raise OSError(err, os.strerror(err))
-                    r = 0
+                    r = 0  # EIO (a pty master once the slave closed) or any error: the end of the source
                 if r == 0:
                     self._finish(p)
                     return
@@ -406,10 +405,8 @@ cdef class Loop:
                     d.off = 0
                     p.blocked.add(fd)
                     return False
-                if err in (EPIPE, EIO, ECONNRESET, EBADF, ENOSPC):
-                    self._drop(p, d)
-                    return True
-                raise OSError(err, os.strerror(err))
+                self._drop(p, d)  # EPIPE (the reader went away), ENOSPC, EIO ...: this one is lost
+                return True
             off += r
         return True
 
@@ -452,12 +449,10 @@ cdef class Loop:
                         break
                     if err == EINTR:
                         continue
-                    if err in (EPIPE, EIO, ECONNRESET, EBADF, ENOSPC):
-                        d.pending = b""
-                        d.off = 0
-                        self._drop(p, d)
-                        break
-                    raise OSError(err, os.strerror(err))
+                    d.pending = b""  # EPIPE, ENOSPC, EIO ...: this destination is lost
+                    d.off = 0
+                    self._drop(p, d)
+                    break
                 d.off += r
             if d.off >= PyBytes_GET_SIZE(d.pending):
                 d.pending = b""

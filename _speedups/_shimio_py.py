@@ -283,7 +283,8 @@ class Loop:
                     if e.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.EIO):
                         self._drop(p, d)
                         continue
-                    raise
+                    p.splice = False  # anything else: let read/write find out which side failed
+                    continue
                 if n == 0:
                     self._finish(p)
                     return
@@ -292,10 +293,8 @@ class Loop:
                 data = os.read(p.src, self.bufsize)
             except BlockingIOError:
                 break
-            except OSError as e:
-                if e.errno != errno.EIO:  # EIO: a pty master once the slave side closed
-                    raise
-                data = b""
+            except OSError:
+                data = b""  # EIO (a pty master once the slave closed) or any error: the end of the source
             if not data:
                 self._finish(p)
                 return
@@ -334,12 +333,10 @@ class Loop:
                 except BlockingIOError:
                     p.blocked.add(d.fd)
                     break
-                except OSError as e:
-                    if e.errno in (errno.EPIPE, errno.EIO, errno.ECONNRESET, errno.EBADF, errno.ENOSPC):
-                        d.pending = b""
-                        self._drop(p, d)
-                        break
-                    raise
+                except OSError:
+                    d.pending = b""  # EPIPE, ENOSPC, EIO ...: this destination is lost
+                    self._drop(p, d)
+                    break
                 d.pending = d.pending[n:]
         if p.eof and not p.blocked and p.id in self._pumps:
             self.remove_pump(p.id)

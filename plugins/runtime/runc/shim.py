@@ -207,25 +207,36 @@ class Shim:
         self.loop.watch(self.listener.fileno(), shimio.READ)
         self.loop.watch(self.sig_r, shimio.READ)
         _log(f"serving {self.address} group={self.group!r}")
+        errors = 0
         while True:
-            timeout = self._timeout()
-            events, done = self.loop.poll(timeout)
-            for fd, _ev in events:
-                if fd == self.sig_r:
-                    self._drain_signals()
-                    self._reap()
-                elif fd == self.listener.fileno():
-                    self._accept()
-                else:
-                    c = self.conns.get(fd)
-                    if c is not None:
-                        self._read_conn(c)
-            for pid in done:
-                self._pump_done(pid)
-            self._check_drains()
+            try:
+                self._iterate()
+                errors = 0
+            except Exception as e:  # a shim must not die of a bug: its containers would lose their exits
+                errors += 1
+                _log(f"loop error: {type(e).__name__}: {e}")
+                self._reap()
+                if errors > 100:
+                    time.sleep(0.1)
             if self._should_exit():
                 break
         self._shutdown()
+
+    def _iterate(self) -> None:
+        events, done = self.loop.poll(self._timeout())
+        for fd, _ev in events:
+            if fd == self.sig_r:
+                self._drain_signals()
+                self._reap()
+            elif fd == self.listener.fileno():
+                self._accept()
+            else:
+                c = self.conns.get(fd)
+                if c is not None:
+                    self._read_conn(c)
+        for pid in done:
+            self._pump_done(pid)
+        self._check_drains()
 
     def _timeout(self) -> float:
         t = 1.0
