@@ -396,3 +396,81 @@ def test_oom_is_reported(rt: RuncRuntime, rootfs: Path) -> None:
     topics = [json.loads(x)["topic"] for x in (rt.bundle(NS, "oom").path / "events.jsonl").read_text().splitlines()]
     assert topics.index("/tasks/oom") < topics.index("/tasks/exit")
     t.delete()
+
+
+def test_close_stdin_ends_input(rt: RuncRuntime, rootfs: Path, tmp_path: Path) -> None:
+    fin, out = tmp_path / "in", tmp_path / "out"
+    os.mkfifo(fin)
+    t = rt.create(NS, "cs", busybox_spec(rootfs, ["sh", "-c", "cat; echo closed"]), [],
+                  ProcessIO(stdin=str(fin), stdout=str(out)))
+    t.start()
+    w = os.open(fin, os.O_WRONLY)  # we keep the writer open: cat sees no EOF ...
+    try:
+        os.write(w, b"kept open\n")
+        with pytest.raises(DeadlineExceeded):
+            t.wait(timeout=0.5)
+        t.close_stdin()  # ... until the shim closes the container's stdin
+        assert t.wait(timeout=20).exit_status == 0
+    finally:
+        os.close(w)
+    assert out.read_text() == "kept open\nclosed\n"
+    t.delete()
+
+
+def test_exec_with_tty(rt: RuncRuntime, rootfs: Path) -> None:
+    t = rt.create(NS, "et", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO())
+    t.start()
+    r, w = os.pipe()
+    try:
+        t.exec("tty", {"args": ["sh", "-c", "sleep 0.3; tty; stty size"], "cwd": "/", "env": ["PATH=/bin"]},
+               ProcessIO(stdout=w, terminal=True))
+        os.close(w)
+        t.start("tty")
+        t.resize_pty(100, 30, exec_id="tty")
+        assert t.wait(timeout=20, exec_id="tty").exit_status == 0
+        data = b""
+        while chunk := os.read(r, 4096):
+            data += chunk
+    finally:
+        os.close(r)
+    lines = data.replace(b"\r", b"").split(b"\n")
+    assert lines[0].startswith(b"/dev/pts/") and lines[1] == b"30 100"
+    t.delete(force=True)
+
+
+def test_concurrent_creates_in_one_group(rt: RuncRuntime, rootfs: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> int:
+        t = rt.create(NS, f"p{i}", busybox_spec(rootfs, ["sh", "-c", f"exit {i}"]), [], ProcessIO(), group="batch")
+        t.start()
+        code = t.wait(timeout=30).exit_status
+        t.delete()
+        return code
+
+    with ThreadPoolExecutor(4) as ex:
+        assert list(ex.map(one, range(12))) == list(range(12))
+    assert rt.tasks(NS) == []
+    assert shim_pids(rt) == set()
+
+
+def test_errors_on_stopped_task_leave_nothing(rt: RuncRuntime, rootfs: Path) -> None:
+    t = rt.create(NS, "st", busybox_spec(rootfs, ["true"]), bind_mounts(rootfs), ProcessIO())
+    t.start()
+    t.wait(timeout=20)
+    shim = t.state().shim_pid
+    with pytest.raises(FailedPrecondition) as e1:
+        t.kill(signal.SIGTERM)
+    with pytest.raises(FailedPrecondition) as e2:
+        t.exec("x", {"args": ["true"], "cwd": "/"}, ProcessIO())
+    with pytest.raises(FailedPrecondition) as e3:
+        t.start()
+    for e in (e1, e2, e3):
+        assert "\n" not in str(e.value) and "st" in str(e.value)
+    t.delete()
+    assert wait_gone(shim)
+    assert not rt.bundle(NS, "st").path.exists()
+    assert not cgroups.exists(rt.cgroup_path(NS, "st"))
+    assert not any(m.startswith(str(rt.state)) for m in mount_points())
+    with pytest.raises(NotFound):
+        rt.get(NS, "st").state()
