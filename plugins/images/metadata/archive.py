@@ -540,18 +540,18 @@ class Importer:
         unpackers: list[Unpacker] = []
         with svc.temporary_lease(ns, "import") as lease:
             try:
-                for blob in plan.blobs.values():
+                # manifests and configs first (in memory), then layers in manifest order
+                for blob in sorted(plan.blobs.values(), key=lambda b: b.data is None):
                     if self._write(archive, blob, lease):
                         added.append(blob.desc.digest)
+                # Unpacked after the copy, not during it (an UnpackSession as pulls use): a local copy is
+                # fast, and overlapping the two measured no faster on two cores.
                 if unpack:
                     from .unpack import Unpacker
 
                     sn = svc.snapshotter_name(ns, snapshotter)
-                    done: set[str] = set()
-                    for img in plan.images:
-                        if img.target.digest in done:
-                            continue
-                        done.add(img.target.digest)
+                    targets = {i.target.digest: i for i in plan.images}
+                    for img in targets.values():
                         try:
                             imgs.manifest_for_platform(svc.reader(ns), img.target, matcher)
                         except NotFound:

@@ -309,7 +309,8 @@ class UnpackSession:
 
     # -- the end ---------------------------------------------------------------------------------
 
-    def _stop(self) -> None:
+    def close(self) -> None:
+        """Stop the worker (after its current layer) and wait for it; keeps what it committed."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -318,7 +319,7 @@ class UnpackSession:
     def finish(self, target: Descriptor) -> str:
         """Wait for the session; make sure ``target``'s manifest for the platform is unpacked; return
         its top chain ID.  On failure what the session committed is removed and the error raised."""
-        self._stop()
+        self.close()
         try:
             if self._error is not None:
                 raise self._error
@@ -333,7 +334,7 @@ class UnpackSession:
 
     def abort(self) -> None:
         """Stop and remove what the session committed."""
-        self._stop()
+        self.close()
         self.unpacker.rollback()
 
     def __enter__(self) -> UnpackSession:
@@ -343,4 +344,4 @@ class UnpackSession:
         if exc_type is not None:
             self.abort()
         else:
-            self._stop()
+            self.close()
