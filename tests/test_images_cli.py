@@ -53,6 +53,9 @@ def test_import_ls_tag_inspect_rm(pyctr_cli: PyctrCli, archive: Path) -> None:
     assert ins["check"]["status"] == "complete"
     js = json.loads(pyctr_cli("images", "ls", "-o", "json", check=True).stdout)
     assert js[0]["platforms"] == ["linux/amd64"] and js[0]["size"] > 0
+    assert pyctr_cli("images", "label", "acc/app:1", "team=a", "x=1", check=True).stdout.strip() == "team=a,x=1"
+    assert pyctr_cli("images", "label", "acc/app:1", "x=", check=True).stdout.strip() == "team=a"
+    assert pyctr_cli("images", "ls", "-q", "labels.team==a", check=True).stdout.split() == ["acc/app:1"]
     chk = pyctr_cli("images", "check", check=True).stdout
     assert "complete (4/4)" in chk
     assert pyctr_cli("images", "ls", "-q", "name~=example").stdout.split() == ["example.com/app:2"]

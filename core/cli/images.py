@@ -101,6 +101,23 @@ def tag(
         print(svc.tag(ns, source, t, force=force).name)
 
 
+@app.command("label")
+def label(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="The image.")],
+    labels: Annotated[list[str], typer.Argument(help="KEY=VALUE to set, KEY= to remove.")],
+) -> None:
+    """Set or remove labels on an image record; print the labels it has now."""
+    from ..images import Image
+    from .output import labels_str, parse_labels
+
+    svc, ns = _svc(ctx)
+    img = svc.resolve(ns, ref)
+    new = parse_labels(labels)
+    out = svc.update(ns, Image(name=img.name, target=img.target, labels=new), [f"labels.{k}" for k in new])
+    print(labels_str(out.labels))
+
+
 @app.command("inspect")
 def inspect(ctx: typer.Context, ref: Annotated[str, typer.Argument(help="The image.")]) -> None:
     """Show an image's record, manifests, config, layers and content status as JSON."""
