@@ -108,8 +108,8 @@ class RunOptions:
     ``entrypoint`` replaces the image's (``[""]`` or ``[]`` clears it); ``args`` replace its ``Cmd``.
     ``env`` entries ``K=V`` replace or append by key, a bare ``K`` removes the key.  ``mounts`` are
     OCI mount dicts (see :func:`parse_mount` and :func:`parse_volume`).  ``memory`` is in bytes,
-    ``cpus`` a fraction of CPUs.  ``net`` is ``none`` (a private network namespace with only ``lo``)
-    or ``host``.
+    ``cpus`` a fraction of CPUs.  ``net`` is ``none`` (a private network namespace with only ``lo``),
+    ``host``, or a network's name (see :mod:`pyctr.network`); ``publish`` holds ``-p`` values.
     """
 
     args: list[str] = field(default_factory=list)
@@ -121,6 +121,7 @@ class RunOptions:
     read_only: bool = False
     hostname: str = ""
     net: str = "none"
+    publish: list[str] = field(default_factory=list)
     privileged: bool = False
     cap_add: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
@@ -368,8 +369,10 @@ def generate_spec(image_config: Mapping[str, Any], rootfs: RootReader | str | os
         directory); ``None`` when there is none, in which case a user given by name is an error.
     """
     img = image_process_config(image_config)
-    if options.net not in NET_MODES:
-        raise InvalidArgument(f"unknown network mode {options.net!r} (want {' or '.join(NET_MODES)})")
+    if options.net not in NET_MODES or options.publish:
+        from .network import check_run_network
+
+        check_run_network(options.net, list(options.publish))  # a network name: joined at task creation
 
     # process: args, env, cwd, user
     entrypoint = list(img.get("Entrypoint") or [])
