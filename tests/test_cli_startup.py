@@ -14,6 +14,9 @@ from conftest import Roots, child_env
 # Modules (and packages) a start-up must not import.
 HEAVY = ("pyctr.plugins", "prometheus_client", "rich", "msgpack", "pluggy", "pyctr.metadata", "sqlite3",
          "pyctr._speedups", "zstandard", "isal")
+# The nouns' command modules: only the one a command line names is imported.
+NOUN_MODULES = ("pyctr.cli.images", "pyctr.cli.containers", "pyctr.cli.tasks", "pyctr.cli.snapshots",
+                "pyctr.cli.content", "pyctr.cli.namespaces", "pyctr.cli.leases", "pyctr.cli.plugins")
 
 PROBE = r"""
 import contextlib, io, json, sys
@@ -32,10 +35,10 @@ print(json.dumps({"code": code, "loaded": loaded, "out": out.getvalue()}))
 """
 
 
-def probe(*args: str) -> dict[str, Any]:
+def probe(*args: str, heavy: tuple[str, ...] = HEAVY) -> dict[str, Any]:
     """Run the CLI in a fresh interpreter with ``args``; what it printed and which heavy modules it
     loaded."""
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(args)), json.dumps(HEAVY)],
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(list(args)), json.dumps(heavy)],
                           capture_output=True, text=True, env=child_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
@@ -81,6 +84,26 @@ def test_a_metadata_command_loads_only_what_it_needs(tmp_root: Roots) -> None:
     assert "pyctr.plugins.metadata.sqlite.plugin" in loaded  # the plugin modules are registered...
     assert not any(m.startswith("pyctr.plugins.runtime.runc.") and not m.endswith(".plugin")
                    for m in loaded)  # ...but the runtime's implementation is never imported
+
+
+def test_only_the_named_noun_is_built() -> None:
+    r = probe("--help", heavy=NOUN_MODULES)
+    assert r["loaded"] == []
+    for noun in ("images", "containers", "tasks", "snapshots", "content", "namespaces", "leases", "plugins"):
+        assert f"  {noun} " in r["out"]  # every noun is still listed
+    r = probe("-n", "x", "--root=/nonexistent", "ns", "--help", heavy=NOUN_MODULES)
+    assert r["loaded"] == ["pyctr.cli.namespaces"]
+    assert "create" in r["out"] and "label" in r["out"]
+
+
+def test_noun_detection() -> None:
+    from pyctr.cli import _noun_in
+
+    assert _noun_in(["--root", "/r", "-n", "x", "images", "ls"]) == "images"
+    assert _noun_in(["--root=/r", "--debug", "ns", "ls"]) == "ns"
+    assert _noun_in(["-c", "cfg.toml", "gc"]) == "gc"
+    assert _noun_in(["--help"]) is None
+    assert _noun_in([]) is None
 
 
 def test_usage_errors_are_one_line_with_exit_2(pyctr_cli: Any) -> None:

@@ -38,7 +38,30 @@ _TOP_LEVEL: list[str] = [
 _ALIASES: dict[str, str] = {"ns": "namespaces", "i": "images", "c": "containers", "t": "tasks"}
 
 
-def build_app() -> typer.Typer:
+# Global options that take a value (so the word after them is not the command).
+_VALUE_OPTIONS = {"--root", "--state", "--address", "-a", "--namespace", "-n", "--config", "-c"}
+
+
+def _noun_in(argv: list[str]) -> str | None:
+    """The noun (or alias) ``argv`` runs, skipping the global options; ``None`` when there is none."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if arg.startswith("-"):
+            i += 2 if arg in _VALUE_OPTIONS else 1
+            continue
+        return arg
+    return None
+
+
+def build_app(only: str | None = None, *, lazy: bool = False) -> typer.Typer:
+    """The ``pyctr`` app.  With ``lazy``, only the noun ``only`` (a name or alias) is built for real;
+    the other nouns are empty placeholders that still show in ``--help`` (turning every command of
+    every noun into a click command costs more than the rest of a short command's start-up)."""
+    if only in _ALIASES:
+        only = _ALIASES[only]
     app = typer.Typer(
         name="pyctr",
         help="pyctr: a core container runtime for Linux (images, snapshots, containers, tasks).",
@@ -50,11 +73,12 @@ def build_app() -> typer.Typer:
     )
     app.callback()(global_callback)
     for name, module, help_ in _NOUNS:
-        mod = importlib.import_module(module)
-        app.add_typer(mod.app, name=name, help=help_)
+        stub = lazy and name != only
+        sub = typer.Typer(no_args_is_help=True) if stub else importlib.import_module(module).app
+        app.add_typer(sub, name=name, help=help_)
         for alias, target in _ALIASES.items():
-            if target == name:
-                app.add_typer(mod.app, name=alias, help=help_, hidden=True)
+            if target == name and (not lazy or name == only):
+                app.add_typer(sub, name=alias, help=help_, hidden=True)
     for module in _TOP_LEVEL:
         importlib.import_module(module).register(app)
     return app
@@ -64,7 +88,8 @@ def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``pyctr`` console script."""
     from ._errors import run_cli
 
-    return run_cli(build_app(), sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    return run_cli(build_app(_noun_in(args), lazy=True), args)
 
 
 __all__ = ["GlobalOptions", "build_app", "main"]
