@@ -7,6 +7,7 @@ otherwise (the containers' cgroup figures and this process's plugins).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -22,3 +23,29 @@ def register(app: typer.Typer) -> None:
         if not client.remote:
             plugin.attach(client.engine)
         sys.stdout.write(plugin.render())
+
+
+def stats_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    """``pyctr tasks metrics`` table rows from a :class:`~pyctr.cgroups.CgroupStats` dict (or the
+    runtime's own figures): one row per figure, sizes also in human units, one row per I/O device."""
+    from .output import human_size
+
+    rows: list[tuple[str, str]] = []
+    for k, v in stats.items():
+        if k == "io_devices":
+            continue
+        if v is None:
+            text = "-"
+        elif isinstance(v, int) and not isinstance(v, bool) and k.startswith("memory_") and k not in (
+                "memory_pgfault", "memory_pgmajfault", "memory_oom_kills"):
+            text = f"{v} ({human_size(v)})"
+        elif isinstance(v, int) and k.endswith("_ns"):
+            text = f"{v} ({v / 1e9:.3f} s)"
+        else:
+            text = str(v)
+        rows.append((k, text))
+    for dev in stats.get("io_devices") or []:
+        name = f"io {dev['major']}:{dev['minor']}"
+        rows.append((name, f"read {dev['read_bytes']} B in {dev['read_ops']} ops, "
+                           f"write {dev['write_bytes']} B in {dev['write_ops']} ops"))
+    return rows

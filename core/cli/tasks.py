@@ -181,14 +181,22 @@ def rm(
 def metrics(
     ctx: typer.Context,
     container: _ID,
-    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+    output: Annotated[str, typer.Option("--format", "--output", "-o", help="table or json.")] = "table",
 ) -> None:
-    """A task's cgroup figures (memory, CPU, pids)."""
+    """A task's current cgroup statistics (CPU, memory, pids, block I/O), read as /v1/metrics does."""
+    from ..errdefs import PyctrError
+    from .metrics import stats_rows
     from .output import table
 
     o = opts(ctx)
-    stats = service(o.client()).get_task(o.namespace, container).stats()
+    client = o.client()
+    try:
+        plugin = client.plugin("metrics")
+    except PyctrError:  # no metrics plugin: the runtime's own figures
+        stats = service(client).get_task(o.namespace, container).stats()
+    else:
+        stats = plugin.container_stats(o.namespace, container)
     if output == "json":
         print(json.dumps(stats, indent=2, sort_keys=True, default=str))
         return
-    table(["METRIC", "VALUE"], sorted((k, v) for k, v in stats.items()))
+    table(["METRIC", "VALUE"], stats_rows(stats))
