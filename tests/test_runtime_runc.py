@@ -474,3 +474,37 @@ def test_errors_on_stopped_task_leave_nothing(rt: RuncRuntime, rootfs: Path) -> 
     assert not any(m.startswith(str(rt.state)) for m in mount_points())
     with pytest.raises(NotFound):
         rt.get(NS, "st").state()
+
+
+def test_zygote_forks_shims_and_recovers(tmp_path: Path, rootfs: Path) -> None:
+    need_runc()
+    with runtime(tmp_path / "state", zygote_idle=1.0) as rt:
+        t = rt.create(NS, "z1", busybox_spec(rootfs, ["true"]), [], ProcessIO())  # cold shim, zygote starts
+        t.start()
+        t.wait(timeout=20)
+        t.delete()
+        deadline = time.monotonic() + 5
+        info = None
+        while time.monotonic() < deadline and not info:
+            info = rt.client(rt.zygote_address).ping(timeout=1.0)
+            time.sleep(0.05)
+        assert info and info["zygote_pid"] > 0
+        zpid = int(info["zygote_pid"])
+        t = rt.create(NS, "z2", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO())
+        shim = t.state().shim_pid
+        with open(f"/proc/{shim}/stat") as f:
+            assert int(f.read().rsplit(") ", 1)[1].split()[1]) != zpid, "the shim is still the zygote's child"
+        os.kill(zpid, signal.SIGKILL)  # a dead zygote: the next shim starts cold, a new zygote follows
+        assert wait_gone(zpid)
+        t2 = rt.create(NS, "z3", busybox_spec(rootfs, ["true"]), [], ProcessIO())
+        info = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not info:
+            info = rt.client(rt.zygote_address).ping(timeout=1.0)
+            time.sleep(0.05)
+        assert info and int(info["zygote_pid"]) != zpid
+        t2.start()
+        assert t2.wait(timeout=20).exit_status == 0
+        t2.delete()
+        t.delete(force=True)
+        assert wait_gone(int(info["zygote_pid"]), timeout=8), "an idle zygote did not exit"

@@ -174,6 +174,7 @@ class Shim:
         self.cfg = cfg
         self.address: str = cfg["address"]
         self.group: str = cfg.get("group", "")
+        self.debug = bool(cfg.get("debug"))
         self.loop = shimio.Loop()
         self.listener = socket.socket(fileno=int(cfg["listen_fd"]))
         self.listener.setblocking(False)
@@ -462,6 +463,8 @@ class Shim:
         rid = req.get("id")
         method = req.get("method", "")
         params = req.get("params") or {}
+        if self.debug:
+            _log(f"rpc {method} {params!r}")
         nfds = int(params.get("fds", 0) or 0)
         fds, c.fds = c.fds[:nfds], c.fds[nfds:]
         handler = getattr(self, f"rpc_{method}", None)
@@ -1105,7 +1108,7 @@ class Zygote:
         gc.freeze()  # keep the collector's hands off the pages the shims share
         _log(f"zygote serving {self.address}")
         last = time.monotonic()
-        self.listener.settimeout(5.0)
+        self.listener.settimeout(min(5.0, self.idle))
         while True:
             try:
                 conn, _ = self.listener.accept()
