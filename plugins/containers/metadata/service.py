@@ -201,6 +201,7 @@ class ContainerService:
                     f"container {id_!r} has a {st.status} task: stop it (pyctr tasks kill) or use --force"
                 )
             task.delete(force=True)
+        self.release_network(ns, id_, c, quiet=force)
         if not keep_snapshot and c.snapshot_key:
             with contextlib.suppress(NotFound):
                 self.md.snapshotter(c.snapshotter).remove(ns, c.snapshot_key)
@@ -237,8 +238,31 @@ class ContainerService:
             pass
         else:
             raise AlreadyExists(f"container {id_!r} already has a task")
-        task: Task = rt.create(ns, id_, c.spec, [m.to_dict() for m in mounts], io, group)
+        net = self._network(c)
+        spec = c.spec if net is None else net.attach(ns, id_, c.spec, c.extensions.get(EXT_RUN_OPTIONS) or {})
+        try:
+            task: Task = rt.create(ns, id_, spec, [m.to_dict() for m in mounts], io, group)
+        except BaseException:
+            self.release_network(ns, id_, c, quiet=True)
+            raise
         return task
+
+    def _network(self, c: Container) -> Any:
+        """The network plugin when the container asked for a network (``--net NAME``, ``-p``)."""
+        from pyctr.network import wants_network
+
+        return self.registry.get("network") if wants_network(c.extensions.get(EXT_RUN_OPTIONS)) else None
+
+    def release_network(self, ns: str, id_: str, c: Container | None = None, *, quiet: bool = False) -> None:
+        """Detach the container from its network (after its task is deleted); ``quiet`` logs failures."""
+        try:
+            net = self._network(c or self.store.get(ns, id_))
+            if net is not None:
+                net.detach(ns, id_)
+        except Exception:
+            if not quiet:
+                raise
+            log.warning("detaching %s/%s from its network failed", ns, id_, exc_info=True)
 
     def start_task(self, ns: str, id_: str, io: ProcessIO, *, group: str | None = None) -> Task:
         """Create and start the task; if starting fails, the task is deleted again."""
@@ -248,6 +272,7 @@ class ContainerService:
         except BaseException:
             with contextlib.suppress(Exception):
                 task.delete(force=True)
+            self.release_network(ns, id_, quiet=True)
             raise
         return task
 
@@ -278,7 +303,10 @@ class ContainerService:
 
     def delete_task(self, ns: str, id_: str, *, force: bool = False, exec_id: str = "") -> ExitStatus:
         task = self.get_task(ns, id_)
-        return task.delete(exec_id=exec_id, force=force)
+        status = task.delete(exec_id=exec_id, force=force)
+        if not exec_id:
+            self.release_network(ns, id_)
+        return status
 
     def exec_process(
         self,
