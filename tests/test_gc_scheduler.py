@@ -247,3 +247,28 @@ def test_cli_gc_exits_non_zero_when_something_cannot_be_removed(pyctr_cli: Any, 
     assert "pinned by the test" in p.stderr and "Traceback" not in p.stderr
     assert ["content", "default", digests[1]] in [line.split() for line in p.stdout.splitlines()]
     assert [b.name for b in tmp_root.root.glob("pyctr.content.local/blobs/sha256/*")] == [digests[0][7:]]
+
+
+def test_metrics(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pyctr.client import Client
+    from pyctr.plugins.gc.scheduler.plugin import pyctr_metrics_collectors
+
+    with Client(root=str(tmp_path / "root"), state=str(tmp_path / "state")) as client:
+        sched = client.plugin("gc")
+        meta = client.plugin("metadata")
+        data = b"counted"
+        dgst = "sha256:" + hashlib.sha256(data).hexdigest()
+        w = meta.content.writer("default", "r", total=len(data), expected=dgst)
+        w.write(data)
+        w.commit(len(data), dgst)
+        sched.collect()
+        reg = CollectorRegistry()
+        for c in pyctr_metrics_collectors(client.engine):
+            reg.register(c)
+        text = generate_latest(reg).decode()
+    assert 'pyctr_gc_collections_total{status="ok"} 1.0' in text
+    assert 'pyctr_gc_removed_total{kind="content"} 1.0' in text
+    assert 'pyctr_gc_removed_total{kind="content (backend)"} 1.0' in text
+    assert "pyctr_gc_seconds_total" in text

@@ -72,6 +72,37 @@ def _publish(store: Any, result: Any) -> None:
             logging.getLogger("pyctr.gc.scheduler").debug("cannot publish gc event", exc_info=True)
 
 
+class _Metrics:
+    """prometheus_client collector: collections by outcome, time spent, objects removed by kind."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        try:
+            sched = self._engine.registry.get_by_id("pyctr.gc.scheduler")
+        except Exception:
+            return
+        runs = CounterMetricFamily("pyctr_gc_collections", "Garbage collections, by outcome", labels=["status"])
+        runs.add_metric(["ok"], sched.collections - sched.with_errors)
+        runs.add_metric(["errors"], sched.with_errors)  # finished, but some objects could not be removed
+        runs.add_metric(["failed"], sched.failures)
+        yield runs
+        yield CounterMetricFamily("pyctr_gc_seconds", "Time spent collecting garbage", value=sched.seconds_total)
+        removed = CounterMetricFamily("pyctr_gc_removed", "Objects the collector removed, by kind",
+                                      labels=["kind"])
+        for kind, n in sorted(sched.removed_total.items()):
+            removed.add_metric([kind], n)
+        yield removed
+
+
+@hookimpl
+def pyctr_metrics_collectors(engine: Any) -> list[Any]:
+    return [_Metrics(engine)]
+
+
 @hookimpl
 def pyctr_plugin_registrations() -> list[Registration]:
     return [

@@ -79,6 +79,9 @@ class GCScheduler:
         #: Statistics: number of collections run, failed (raised) and with errors; the last result.
         self.collections = 0
         self.failures = 0
+        self.with_errors = 0
+        self.seconds_total = 0.0
+        self.removed_total: dict[str, int] = {}
         self.last_result: GCResult | None = None
         self.last_error: str = ""
 
@@ -157,6 +160,13 @@ class GCScheduler:
             with self._cond:
                 self._runs_done, self._last_failed = run, False
                 self.collections += 1
+                self.with_errors += bool(result.errors)
+                self.seconds_total += took
+                for kind, _, _ in result.records:
+                    self.removed_total[kind] = self.removed_total.get(kind, 0) + 1
+                for kind, _ in result.backend:
+                    key = f"{kind} (backend)"
+                    self.removed_total[key] = self.removed_total.get(key, 0) + 1
                 self.last_result = result
                 self._avg = took if self.collections == 1 else 0.8 * self._avg + 0.2 * took
                 self._last_end = time.monotonic()
