@@ -251,7 +251,6 @@ def test_cli_gc_exits_non_zero_when_something_cannot_be_removed(pyctr_cli: Any, 
 
 def test_metrics(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
-
     from pyctr.client import Client
     from pyctr.plugins.gc.scheduler.plugin import pyctr_metrics_collectors
 
