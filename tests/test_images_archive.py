@@ -119,6 +119,17 @@ def test_import_umoci_layout_tar_with_base_name(svc: Any, busybox: Path, tmp_pat
     subprocess.run(f"gzip -c {tarball} > {gz}", shell=True, check=True)
     made2 = svc.import_archive(NS, gz, base_name="acc/gz", unpack=False)
     assert [i.name for i in made2] == ["acc/gz:latest"] and made2[0].target == made[0].target
+    import zstandard
+
+    zst = tmp_path / "bb.tar.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(tarball.read_bytes()))
+    made3 = svc.import_archive(NS, zst, base_name="acc/zst", unpack=False)
+    assert made3[0].target == made[0].target
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(gz.read_bytes()[: gz.stat().st_size // 2])
+    with pytest.raises(DataLoss):
+        svc.import_archive("ns-cut", cut, unpack=False)
+    assert_empty(svc, "ns-cut")
 
 
 # -- export ----------------------------------------------------------------------------------------

@@ -147,6 +147,32 @@ class Archive:
             self.tar.close()
 
 
+def _decompressor(head: bytes) -> Any:
+    """A function opening a decompressing reader for the magic bytes ``head``, or None (plain tar)."""
+    if head[:3] == b"\x1f\x8b\x08":
+        try:
+            from isal import igzip
+
+            return lambda f: igzip.GzipFile(fileobj=f, mode="rb")
+        except ImportError:  # pragma: no cover - isal is a dependency
+            import gzip
+
+            return lambda f: gzip.GzipFile(fileobj=f, mode="rb")
+    if head[:4] == b"\x28\xb5\x2f\xfd":
+        import zstandard
+
+        return lambda f: zstandard.ZstdDecompressor().stream_reader(f)
+    if head[:3] == b"BZh":
+        import bz2
+
+        return lambda f: bz2.BZ2File(f, "rb")
+    if head[:6] == b"\xfd7zXZ\x00":
+        import lzma
+
+        return lambda f: lzma.LZMAFile(f, "rb")
+    return None
+
+
 def _json(data: bytes, what: str) -> Any:
     try:
         return json.loads(data)
@@ -239,27 +265,43 @@ class Importer:
 
     @contextlib.contextmanager
     def _source(self, source: str | Path | IO[bytes]) -> Iterator[IO[bytes]]:
-        if isinstance(source, str | Path) and str(source) != "-":
+        """The archive as a seekable, uncompressed tar stream.  A pipe is spooled to a temporary file
+        and a compressed archive decompressed into one (random access into a compressed stream would
+        decompress it again for every backward seek)."""
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, str | Path) and str(source) != "-":
+                try:
+                    stream: IO[bytes] = stack.enter_context(open(source, "rb"))
+                except FileNotFoundError:
+                    raise NotFound(f"archive {str(source)!r} does not exist") from None
+                except IsADirectoryError:
+                    raise InvalidArgument(f"{str(source)!r} is a directory; tar an OCI layout first") from None
+            else:
+                stream = sys.stdin.buffer if isinstance(source, str | Path) else source
+            seekable = False
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                seekable = stream.seekable() and stream.tell() >= 0
+            tmpdir = self.svc.root / "tmp"
+            tmpdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not seekable:
+                raw = stack.enter_context(tempfile.TemporaryFile(dir=tmpdir))
+                shutil.copyfileobj(stream, raw, CHUNK)
+                raw.seek(0)
+                stream = raw
+            start = stream.tell()
+            opener = _decompressor(stream.read(6))
+            stream.seek(start)
+            if opener is None:
+                yield stream
+                return
+            spool = stack.enter_context(tempfile.TemporaryFile(dir=tmpdir))
             try:
-                f = open(source, "rb")  # noqa: SIM115 - closed below
-            except FileNotFoundError:
-                raise NotFound(f"archive {str(source)!r} does not exist") from None
-            except IsADirectoryError:
-                raise InvalidArgument(f"{str(source)!r} is a directory; tar an OCI layout first") from None
-            with f:
-                yield f
-            return
-        stream: IO[bytes] = sys.stdin.buffer if isinstance(source, str | Path) else source
-        seekable = False
-        with contextlib.suppress(AttributeError, OSError, ValueError):
-            seekable = stream.seekable() and stream.tell() >= 0
-        if seekable:
-            yield stream
-            return
-        tmpdir = self.svc.root / "tmp"
-        tmpdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryFile(dir=tmpdir) as spool:
-            shutil.copyfileobj(stream, spool, CHUNK)
+                with opener(stream) as src:
+                    shutil.copyfileobj(src, spool, CHUNK)
+            except (OSError, EOFError, ValueError) as e:
+                raise DataLoss(f"the compressed archive cannot be read (truncated?): {e}") from None
+            except Exception as e:  # zstandard raises its own ZstdError
+                raise DataLoss(f"the compressed archive cannot be read: {e}") from None
             spool.seek(0)
             yield spool
 
