@@ -26,6 +26,7 @@ _NOUNS: list[tuple[str, str, str]] = [
     ("images", "pyctr.cli.images", "Manage images: pull, push, import, export, unpack."),
     ("containers", "pyctr.cli.containers", "Manage containers."),
     ("tasks", "pyctr.cli.tasks", "Manage tasks (a container's running processes)."),
+    ("network", "pyctr.cli.network", "Manage container networks (CNI): ls, create, inspect, rm."),
 ]
 _TOP_LEVEL: list[str] = [
     "pyctr.cli.gc",

@@ -69,9 +69,15 @@ def info(
     spec: Annotated[bool, typer.Option("--spec", help="Print only the OCI runtime spec.")] = False,
 ) -> None:
     """Show a container's record (JSON)."""
+    from .network import attachment_info
+
     o = opts(ctx)
     c = service(o.client()).get(o.namespace, container)
-    print(json.dumps(c.spec if spec else c.to_dict(), indent=2, sort_keys=True))
+    out = c.spec if spec else c.to_dict()
+    net = None if spec else attachment_info(o.client(), o.namespace, container)
+    if net is not None:
+        out["network"] = net
+    print(json.dumps(out, indent=2, sort_keys=True))
 
 
 @app.command("rm")

@@ -53,7 +53,7 @@ def ls(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print ids only.")] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
 ) -> None:
-    """List tasks: TASK PID STATUS."""
+    """List tasks: TASK PID STATUS IP."""
     from .output import table
 
     o = opts(ctx)
@@ -65,7 +65,11 @@ def ls(
     if output == "json":
         print(json.dumps([s.to_dict() for s in states], indent=2, sort_keys=True))
         return
-    table(["TASK", "PID", "STATUS"], [(s.id, s.pid, str(s.status).upper()) for s in states])
+    from .network import addresses
+
+    ips = addresses(o.client(), o.namespace) if states else {}
+    table(["TASK", "PID", "STATUS", "IP"], [(s.id, s.pid, str(s.status).upper(), ips.get(s.id, "-"))
+                                             for s in states])
 
 
 @app.command("kill")

@@ -1,0 +1,1 @@
+"""``pyctr.network.cni``: container networks made by the standard CNI plugins."""
