@@ -153,7 +153,7 @@ def _decompressor(head: bytes) -> Any:
         try:
             from isal import igzip
 
-            return lambda f: igzip.GzipFile(fileobj=f, mode="rb")
+            return lambda f: igzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[no-untyped-call]
         except ImportError:  # pragma: no cover - isal is a dependency
             import gzip
 
