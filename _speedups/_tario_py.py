@@ -15,6 +15,7 @@ owners and times are set on an fd (``fchmod``/``fchown``/``futimens``), with ``f
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import errno
 import os
@@ -549,24 +550,41 @@ class _Extractor:
                 os.close(fd)
 
     def _mkdir_implicit(self, dfd: int, name: bytes, path: list[bytes]) -> None:
-        """Create a parent directory the layer did not list: 0755 root, or (overlay) copied from the
-        nearest lower layer that has it."""
+        """Create a parent directory the layer did not list: 0755 root, or (overlay) copied up from
+        the nearest lower layer that has it: mode, owner and xattrs (not overlay's own)."""
         mode, uid, gid = 0o755, 0, 0
-        st = self._lower_stat(path)
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        xattrs: list[tuple[str, bytes]] = []
+        lfd = self._lower_open(path)
+        if lfd is not None:
+            try:
+                st = os.fstat(lfd)
+                if stat.S_ISDIR(st.st_mode):
+                    mode, uid, gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+                    proc = f"/proc/self/fd/{lfd}"
+                    for k in os.listxattr(proc):
+                        if not k.startswith("trusted.overlay."):
+                            xattrs.append((k, os.getxattr(proc, k)))
+            except OSError:
+                pass
+            finally:
+                os.close(lfd)
         os.mkdir(name, 0o700, dir_fd=dfd)
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         try:
             if self.same_owner:
                 os.fchown(fd, uid, gid)
+            for k, v in xattrs:
+                with contextlib.suppress(OSError):
+                    os.setxattr(fd, k, v)
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
 
-    def _lower_stat(self, path: list[bytes]) -> os.stat_result | None:
-        """lstat of ``path`` in the nearest lower layer that has it, following no symlinks (overlayfs
-        merges only directories)."""
+    def _lower_open(self, path: list[bytes]) -> int | None:
+        """An ``O_PATH`` fd of ``path`` in the nearest lower layer that has it (the caller closes
+        it), following no symlinks: overlayfs merges only directories."""
+        if not path:
+            return None
         for lower in self.parents:
             fd = lower
             try:
@@ -575,17 +593,24 @@ class _Extractor:
                     if fd != lower:
                         os.close(fd)
                     fd = nfd
-                    st = os.fstat(fd)
-                    if i < len(path) - 1 and not stat.S_ISDIR(st.st_mode):
+                    if i < len(path) - 1 and not stat.S_ISDIR(os.fstat(fd).st_mode):
                         break
                 else:
-                    return os.fstat(fd) if path else None
+                    found, fd = fd, lower
+                    return found
             except OSError:
                 continue
             finally:
                 if fd != lower:
                     os.close(fd)
         return None
+
+    def _in_lower(self, path: list[bytes]) -> bool:
+        fd = self._lower_open(path)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
 
     # -- removal -------------------------------------------------------------------------------
     def _remove(self, dfd: int, name: bytes, st: os.stat_result) -> None:
@@ -653,7 +678,7 @@ class _Extractor:
             if not stat.S_ISDIR(st.st_mode):
                 return  # an earlier whiteout (or a file) of this layer already hides the lower one
             self._remove(dfd, name, st)  # only holds whiteouts of this layer: replace it by one
-        elif self.parents and self._lower_stat([*parent, name]) is None:
+        elif self.parents and not self._in_lower([*parent, name]):
             return  # nothing below to hide (a stray whiteout would show up in listings)
         dfd = self.dirfd(parent, create=True)
         os.mknod(name, stat.S_IFCHR, 0, dir_fd=dfd)
@@ -677,7 +702,7 @@ class _Extractor:
                 name = parent[-1]
                 os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
-                if not self.overlay or (self.parents and self._lower_stat(parent) is None):
+                if not self.overlay or (self.parents and not self._in_lower(parent)):
                     return  # nothing to hide
                 dfd = self.dirfd(parent[:-1], create=True)
                 self._mkdir_implicit(dfd, name, parent)

@@ -382,6 +382,8 @@ def test_overlay_whiteouts_written_as_devices_and_xattrs(apply: Apply, tmp_path:
     _base(apply, lower)
     os.chmod(lower / "o", 0o750)
     os.chown(lower / "o", 12, 34)
+    os.setxattr(lower / "o", "user.copied", b"up")
+    os.setxattr(lower / "o", "trusted.overlay.opaque", b"y")
     apply(make_tar([E("a/.wh.x"), E("o/.wh..wh..opq"), E("o/o2", data=b"o2"),
                     E(".wh.d"), E("d/", "dir"), E("d/new", data=b"n")]),
           upper, whiteouts="overlay", parents=[str(lower)])
@@ -390,6 +392,7 @@ def test_overlay_whiteouts_written_as_devices_and_xattrs(apply: Apply, tmp_path:
     assert os.getxattr(upper / "o", "trusted.overlay.opaque") == b"y"
     o = os.stat(upper / "o")  # implicit parent copied from the lower layer
     assert (stat.S_IMODE(o.st_mode), o.st_uid, o.st_gid) == (0o750, 12, 34)
+    assert os.getxattr(upper / "o", "user.copied") == b"up"
     assert os.getxattr(upper / "d", "trusted.overlay.opaque") == b"y"  # recreated: hides lower d
 
 
