@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, cast
 
 from pyctr.errdefs import DataLoss, InvalidArgument
 
@@ -223,7 +223,7 @@ class _Pipeline:
             return data
 
         reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
-            _RawReader(raw), read_size=CHUNK, read_across_frames=True
+            cast(BinaryIO, _RawReader(raw)), read_size=CHUNK, read_across_frames=True
         )
         while not self._stop.is_set():
             try:
