@@ -458,7 +458,8 @@ def load_entrypoints_into(pm: pluggy.PluginManager) -> None:
             continue
         # A hook implementation with no specification (a misspelt hook name) would make pluggy's
         # check_pending() fail for every plugin: refuse this module alone.
-        unknown = [c.name for c in pm.get_hookcallers(module) or [] if not c.has_spec()]
+        unknown = [c.name for c in pm.get_hookcallers(module) or [] if not c.has_spec()
+                   and not all(i.optionalhook for i in c.get_hookimpls() if i.plugin is module)]
         if unknown:
             pm.unregister(module)
             LOAD_ERRORS[ep.name] = f"{ep.value} implements unknown hooks: {', '.join(sorted(unknown))}"

@@ -271,3 +271,19 @@ def test_metrics(tmp_path: Path) -> None:
     assert 'pyctr_gc_removed_total{kind="content"} 1.0' in text
     assert 'pyctr_gc_removed_total{kind="content (backend)"} 1.0' in text
     assert "pyctr_gc_seconds_total" in text
+
+
+def test_the_daemon_hooks_start_and_stop_the_timer(tmp_path: Path) -> None:
+    from pyctr.config import Config
+    from pyctr.engine import Engine
+
+    engine = Engine(Config(root=str(tmp_path / "root"), state=str(tmp_path / "state")))
+    try:
+        sched = engine.plugin("gc")
+        assert not sched.running  # embedded use never starts it
+        engine.pm.hook.pyctr_daemon_started(engine=engine)
+        assert sched.running
+        engine.pm.hook.pyctr_daemon_stopping(engine=engine)
+        assert not sched.running
+    finally:
+        engine.close()

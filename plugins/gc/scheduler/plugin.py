@@ -104,6 +104,23 @@ def pyctr_metrics_collectors(engine: Any) -> list[Any]:
 
 
 @hookimpl
+def pyctr_daemon_started(engine: Any) -> None:
+    """The daemon runs the scheduler's timer; one-shot CLI calls never start it."""
+    engine.registry.get_by_id("pyctr.gc.scheduler").start()
+
+
+@hookimpl
+def pyctr_daemon_stopping(engine: Any) -> None:
+    from pyctr.errdefs import PyctrError
+
+    try:
+        sched = engine.registry.get_by_id("pyctr.gc.scheduler")
+    except PyctrError:
+        return
+    sched.stop()
+
+
+@hookimpl
 def pyctr_plugin_registrations() -> list[Registration]:
     return [
         Registration(
