@@ -627,14 +627,41 @@ def fast_main(argv: list[str], *, close: bool = True) -> int | None:
             client.close()
 
 
+def _zygote_state(argv: list[str]) -> str:
+    """The state directory whose run zygote serves this command line ("" for none: not a fast-path
+    ``run``, a daemon address, or ``PYCTR_NO_ZYGOTE``)."""
+    if os.environ.get("PYCTR_NO_ZYGOTE") or os.environ.get("PYCTR_ADDRESS"):
+        return ""
+    try:
+        g, _flags, _image, _args = parse_run_argv(argv)
+    except _Unsupported:
+        return ""
+    if g.get("address"):
+        return ""
+    from .config import DEFAULT_STATE
+
+    return str(g.get("state") or os.environ.get("PYCTR_STATE") or DEFAULT_STATE)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """The ``pyctr`` console script: the fast path for ``run``, the typer app for everything else."""
     argv = sys.argv[1:] if argv is None else argv
+    state = _zygote_state(argv)
+    if state:
+        from . import runzygote
+
+        rv = runzygote.try_run(state, argv)
+        if rv is not None:
+            os._exit(rv)
     rv = fast_main(argv, close=False)
     if rv is not None:
         for f in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 f.flush()
+        if state:
+            from . import runzygote
+
+            runzygote.spawn(state, sorted(sys.modules))
         os._exit(rv)
     from .cli import main as cli_main
 

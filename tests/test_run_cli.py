@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -139,6 +140,10 @@ def env(tmp_root: Roots) -> Iterator[Env]:
             pass
         with contextlib.suppress(Exception):
             e.stop_zygote()
+        with contextlib.suppress(Exception):
+            from pyctr import runzygote
+
+            runzygote.stop(str(e.roots.state))
         for pid in e.shim_pids(with_zygote=True):
             _kill(pid)
         for m in sorted(e.mounts_under(), reverse=True):
@@ -307,3 +312,50 @@ def test_logs_follow_and_attach(env: Env) -> None:
     assert (p.returncode, p.stdout) == (3, "late\n")
     env.ok("containers", "rm", "att")
     env.assert_nothing_left("att")
+
+
+def test_run_zygote_serves_later_runs(env: Env) -> None:
+    from pyctr import runzygote
+
+    sock = runzygote.socket_path(str(env.roots.state))
+    assert env.ok("run", "--rm", IMAGE, "echo", "one") == "one\n"  # runs in-process, leaves a zygote
+    deadline = time.monotonic() + 20
+    while not os.path.exists(runzygote.pid_path(sock)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    zpid = int(Path(runzygote.pid_path(sock)).read_text())
+    assert b"pyctr-run-zygote" in Path(f"/proc/{zpid}/cmdline").read_bytes()
+    assert str(env.roots.state).encode() not in Path(f"/proc/{zpid}/cmdline").read_bytes()
+    # served by the zygote: the exit status, stdin, relative paths and signals go through it
+    code = "import sys; from pyctr import runzygote; sys.exit(runzygote.try_run(sys.argv[1], sys.argv[2:]))"
+    argv = [*env.roots.args(), "-n", env.ns, "run", "--rm", "-i", IMAGE, "sh", "-c", "cat; exit 5"]
+    p = subprocess.run([os.path.realpath(sys.executable), "-c", code, str(env.roots.state), *argv],
+                       input="through-zygote\n", capture_output=True, text=True, env=child_env(), timeout=60)
+    assert (p.returncode, p.stdout) == (5, "through-zygote\n"), p.stderr
+    proc = subprocess.Popen(env.cmd("run", "--rm", "--name", "zsig", IMAGE, "sleep", "60"), env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while "zsig" not in env.ok("tasks", "ls", "-q").split() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 137
+    assert Path(f"/proc/{zpid}").exists()
+    env.assert_nothing_left("zsig")
+    # PYCTR_NO_ZYGOTE=1 runs in-process
+    p = subprocess.run(env.cmd("run", "--rm", IMAGE, "echo", "two"), capture_output=True, text=True,
+                       env=child_env({"PYCTR_NO_ZYGOTE": "1"}), timeout=60)
+    assert (p.returncode, p.stdout) == (0, "two\n")
+
+
+def test_run_zygote_staleness(tmp_path: Path) -> None:
+    from pyctr import runzygote
+
+    f = tmp_path / "m.py"
+    f.write_text("x = 1\n")
+    mt = {str(f): f.stat().st_mtime_ns}
+    assert not runzygote._stale(mt)
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1_000_000))
+    assert runzygote._stale(mt)
+    f.unlink()
+    assert runzygote._stale(mt)
+    assert all(k.endswith(".py") for k in runzygote._source_mtimes())
