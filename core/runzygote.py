@@ -114,9 +114,9 @@ def try_run(state: str, argv: list[str]) -> int | None:
                 return None
             if "pid" in msg:
                 child = int(msg["pid"])
-                for sig in pending:
+                for signum in pending:
                     with contextlib.suppress(OSError):
-                        os.kill(child, sig)
+                        os.kill(child, signum)
                 pending.clear()
             if "exit" in msg:
                 return int(msg["exit"])
