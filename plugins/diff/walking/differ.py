@@ -30,14 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 from pyctr.content import Descriptor
-from pyctr.diff import (
-    MEDIA_TYPE_LAYER_GZIP,
-    MEDIA_TYPE_LAYER_TAR,
-    MEDIA_TYPE_LAYER_ZSTD,
-    Applied,
-    Compared,
-    MountLike,
-)
+from pyctr.diff import MEDIA_TYPE_LAYER_GZIP, Applied, Compared, MountLike
 from pyctr.errdefs import FailedPrecondition, InvalidArgument
 from pyctr.snapshots import Mount
 
@@ -100,8 +93,8 @@ class WalkingDiffer:
 
         ms = _mounts(mounts)
         limit = max_uncompressed if max_uncompressed is not None else self.max_uncompressed
-        if len(ms) == 1 and ms[0].type == "overlay" and _opt(ms[0], "upperdir") and not ms[0].target:
-            upper = _opt(ms[0], "upperdir") or ""
+        upper = _opt(ms[0], "upperdir") if len(ms) == 1 and ms[0].type == "overlay" else None
+        if upper and not ms[0].target:
             r = apply_layer(blob, upper, media_type=media_type, whiteouts="overlay",
                             parents=_lowerdirs(ms[0]), max_uncompressed=limit)
         elif len(ms) == 1 and ms[0].type in ("bind", "rbind") and not ms[0].target:
@@ -330,18 +323,18 @@ def tree_changes(lower: str, upper: str) -> Iterator[Change]:
                     if pending and pending[-1][0] == r:
                         pending.pop()
                 else:  # everything below is new
-                    yield from overlay_changes_plain(up, r)
+                    yield from _all_below(up, r)
 
     return walk("")
 
 
-def overlay_changes_plain(base: str, rel: str) -> Iterator[Change]:
+def _all_below(base: str, rel: str) -> Iterator[Change]:
     """Every entry below the host directory ``base`` (shown at ``rel``), as additions."""
     for name in _list(base):
         r, p = f"{rel}/{name}", os.path.join(base, name)
         yield r, p, False
         if stat.S_ISDIR(os.lstat(p).st_mode):
-            yield from overlay_changes_plain(p, r)
+            yield from _all_below(p, r)
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -461,9 +454,6 @@ def _add(tar: tarfile.TarFile, rel: str, path: str, links: dict[tuple[int, int],
 
 
 __all__ = [
-    "MEDIA_TYPE_LAYER_GZIP",
-    "MEDIA_TYPE_LAYER_TAR",
-    "MEDIA_TYPE_LAYER_ZSTD",
     "WalkingDiffer",
     "overlay_changes",
     "overlay_upperdir",
