@@ -7,6 +7,7 @@ back as ``{code, message}`` and are raised as the matching :mod:`pyctr.errdefs` 
 from __future__ import annotations
 
 import array
+import itertools
 import socket
 import struct
 import threading
@@ -38,7 +39,8 @@ class ShimClient:
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
-        self._next = 0
+        self._ids = itertools.count(1)
+        self._closed = False  # after close(), calls still work, each on a connection of its own
 
     def _connect(self, timeout: float | None) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -68,13 +70,15 @@ class ShimClient:
         t = self.timeout if timeout is not None and timeout < 0 else timeout
         if fds:
             params = {**params, "fds": len(fds)}
-        if dedicated:
+        if dedicated or self._closed:
             s = self._connect(t)
             try:
                 return self._roundtrip(s, method, params, fds, t)
             finally:
                 s.close()
         with self._lock:
+            if self._closed:
+                return self.call(method, params, fds, timeout, dedicated=True)
             if self._sock is None:
                 self._sock = self._connect(t)
             try:
@@ -86,8 +90,7 @@ class ShimClient:
 
     def _roundtrip(self, s: socket.socket, method: str, params: dict[str, Any], fds: Sequence[int],
                    timeout: float | None) -> Any:
-        self._next += 1
-        rid = self._next
+        rid = next(self._ids)
         data = msgpack.packb({"id": rid, "method": method, "params": params})
         frame = _HDR.pack(len(data)) + data
         try:
@@ -134,4 +137,5 @@ class ShimClient:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._close_locked()
