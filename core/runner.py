@@ -430,7 +430,7 @@ def entry_points(group: str) -> list[tuple[str, str]]:
         for n in names:
             if not n.endswith((".dist-info", ".egg-info")):
                 continue
-            dist = n.split("-", 1)[0].lower().replace(".", "_")
+            dist = n.rsplit(".", 1)[0].split("-", 1)[0].lower().replace(".", "_").replace("-", "_")
             if dist in seen:
                 continue
             seen.add(dist)
