@@ -281,7 +281,7 @@ class NetworkManager:
     def _free_subnet(self) -> str:
         used = self._used_subnets()
         for cand in ipaddress.ip_network(AUTO_SUBNET_POOL).subnets(new_prefix=24):
-            if not any(cand.version == u.version and cand.overlaps(u) for u in used):  # type: ignore[arg-type]
+            if not any(cand.version == u.version and cand.overlaps(u) for u in used):
                 return str(cand)
         raise FailedPrecondition(f"no free /24 left in {AUTO_SUBNET_POOL}: give --subnet")
 
@@ -307,7 +307,7 @@ class NetworkManager:
                     raise InvalidArgument(f"invalid --subnet {subnet!r}: want a CIDR such as 10.90.0.0/24") \
                         from None
                 for u in self._used_subnets():
-                    if net.version == u.version and net.overlaps(u):  # type: ignore[arg-type]
+                    if net.version == u.version and net.overlaps(u):
                         raise FailedPrecondition(f"subnet {net} overlaps {u}, already in use")
                 subnet = str(net)
             else:
