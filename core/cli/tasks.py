@@ -53,7 +53,7 @@ def ls(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print ids only.")] = False,
     output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
 ) -> None:
-    """List tasks: TASK PID STATUS IP."""
+    """List tasks: TASK PID STATUS, and IP when a task is attached to a network."""
     from .output import table
 
     o = opts(ctx)
@@ -68,6 +68,9 @@ def ls(
     from .network import addresses
 
     ips = addresses(o.client(), o.namespace) if states else {}
+    if not any(s.id in ips for s in states):  # the IP column only when some task has an address
+        table(["TASK", "PID", "STATUS"], [(s.id, s.pid, str(s.status).upper()) for s in states])
+        return
     table(["TASK", "PID", "STATUS", "IP"], [(s.id, s.pid, str(s.status).upper(), ips.get(s.id, "-"))
                                              for s in states])
 
