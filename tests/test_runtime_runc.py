@@ -508,3 +508,22 @@ def test_zygote_forks_shims_and_recovers(tmp_path: Path, rootfs: Path) -> None:
         t2.delete()
         t.delete(force=True)
         assert wait_gone(int(info["zygote_pid"]), timeout=8), "an idle zygote did not exit"
+
+
+def test_load_spares_creates_in_flight(tmp_path: Path) -> None:
+    need_runc()
+    state = tmp_path / "state"
+    b = state / "default" / "half"
+    b.mkdir(parents=True)
+    (b / "config.json").write_text("{}")  # a create in flight: no shim.json yet
+    rt = RuncRuntime(state, cgroup_parent=cgroup_parent_for(state))
+    try:
+        assert b.exists(), "load() removed a bundle another process may be creating"
+        with pytest.raises(AlreadyExists):
+            rt.create(NS, "half", {"process": {"args": ["true"]}}, [], ProcessIO())
+    finally:
+        rt.close()
+    old = time.time() - 3600
+    os.utime(b / "config.json", (old, old))
+    with runtime(state):
+        assert not b.exists(), "load() left an abandoned bundle"

@@ -338,7 +338,7 @@ class RuncRuntime:
         b = self.bundle(ns, id)
         if b.path.exists():
             rec = b.read("shim.json")
-            if rec is not None and self._alive_task(ns, id, rec):
+            if (rec is not None and self._alive_task(ns, id, rec)) or _age(b.path) < _CREATE_GRACE:
                 raise AlreadyExists(f"task {id!r} already exists in namespace {ns!r}")
             self._cleanup_dead(ns, id, publish=False)  # leftovers of a crash: clear them
         spec = json.loads(json.dumps(dict(bundle_spec)))
@@ -427,8 +427,10 @@ class RuncRuntime:
     def _alive_task(self, ns: str, id: str, rec: Mapping[str, Any]) -> bool:
         try:
             self.client(str(rec.get("address", ""))).call("state", {"ns": ns, "id": id}, timeout=5.0)
-        except (ShimGone, DeadlineExceeded, NotFound):
+        except (ShimGone, NotFound):
             return False
+        except DeadlineExceeded:
+            return True  # a shim that does not answer is not known to be dead
         return True
 
     def load(self) -> list[RuntimeEvent]:
@@ -436,25 +438,47 @@ class RuncRuntime:
 
         Returns the events to publish for them (``/tasks/exit`` with the recorded status or 255).
         """
-        events: list[RuntimeEvent] = []
-        for ns, id in self._all_ids():
-            b = self.bundle(ns, id)
-            rec = b.read("shim.json")
-            if rec is None:
-                if b.read("status.json") is None:
-                    log.info("removing incomplete bundle %s/%s", ns, id)
-                    with contextlib.suppress(Exception):
-                        self._remove_runc_state(ns, id)
-                    with contextlib.suppress(Exception):
-                        b.remove()
-                continue
-            if b.read("status.json") is not None or self._alive_task(ns, id, rec):
-                continue
-            before = len(self.loaded)
-            self._cleanup_dead(ns, id)
-            events.extend(self.loaded[before:])
-            del self.loaded[before:]
+        ids = self._all_ids()
+        if len(ids) > 4:  # a hung shim costs its timeout: look at the bundles side by side
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(16, len(ids))) as ex:
+                settled = list(ex.map(lambda k: self._load_one(*k), ids))
+        else:
+            settled = [self._load_one(ns, id) for ns, id in ids]
+        events = [ev for evs in settled for ev in evs]
         return events
+
+    def _load_one(self, ns: str, id: str) -> list[RuntimeEvent]:
+        b = self.bundle(ns, id)
+        young = _age(b.path) < _CREATE_GRACE  # maybe being created right now by another pyctr process
+        rec = b.read("shim.json")
+        if rec is None:
+            if b.read("status.json") is None and not young:
+                log.info("removing incomplete bundle %s/%s", ns, id)
+                with contextlib.suppress(Exception):
+                    self._remove_runc_state(ns, id)
+                with contextlib.suppress(Exception):
+                    b.remove()
+            return []
+        if b.read("status.json") is not None:
+            return []
+        try:
+            self.client(str(rec.get("address", ""))).call("state", {"ns": ns, "id": id}, timeout=5.0)
+            return []
+        except NotFound:
+            if young:
+                return []  # its shim answers but does not know it yet: a create in flight
+        except DeadlineExceeded:
+            log.warning("task %s/%s: its shim does not answer (busy or stopped); left alone", ns, id)
+            return []
+        except ShimGone:
+            pass
+        self._cleanup_dead(ns, id, publish=False)
+        st = b.read("status.json") or {}
+        return [RuntimeEvent("/tasks/exit", ns, {"container_id": id, "id": id, "pid": int(st.get("pid", 0)),
+                                                 "exit_status": int(st.get("exit_status", EXIT_STATUS_SHIM_DIED)),
+                                                 "exited_at": float(st.get("exited_at", 0.0))}, time.time())]
 
     def _remove_runc_state(self, ns: str, id: str) -> None:
         subprocess.run([*R.global_args(self.runc_binary, self.runc_root_for(ns), os.devnull),
@@ -511,6 +535,20 @@ def _ping(address: str) -> dict[str, Any] | None:
         return c.ping(timeout=1.0)
     finally:
         c.close()
+
+
+#: A bundle younger than this may be in the middle of a create by another process: load() leaves it.
+_CREATE_GRACE = 30.0
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - os.stat(path / "config.json").st_mtime
+    except OSError:
+        try:
+            return time.time() - os.stat(path).st_mtime
+        except OSError:
+            return float("inf")
 
 
 def _read_pid(path: Path) -> int:
