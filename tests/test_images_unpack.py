@@ -363,3 +363,26 @@ def test_unpack_session_with_a_real_pull(client: Client, seeded_registry: Any) -
     assert top == svc.inspect(NS, ref)["chain_ids"][-1]
     assert svc.unpacked(NS, svc.get(NS, ref), "overlayfs")
     assert session.result is not None and session.result.manifest  # the session did the work
+
+
+def test_rollback_spares_layers_another_unpack_reused(svc: Any, tmp_path: Path) -> None:
+    from pyctr.content import Descriptor
+    from pyctr.plugins.images.metadata.unpack import Unpacker
+
+    lay = Layout(tmp_path / "lay")
+    man = lay.image([{"a": b"a"}, {"b": b"b"}])
+    lay.add(man, "1")
+    svc.import_archive(NS, lay.tar(tmp_path / "a.tar"), base_name="acc/r", unpack=False)
+    target = Descriptor.from_oci(man)
+    with svc.temporary_lease(NS, "a") as la, svc.temporary_lease(NS, "b") as lb:
+        first = Unpacker(svc, NS, "native", la)
+        res = first.unpack(target)
+        assert len(res.created) == 2
+        second = Unpacker(svc, NS, "native", lb)
+        assert second.unpack(target).created == []  # reused, held by its own lease
+        first.rollback()  # the first operation failed later on
+        assert {s.name for s in snapshots(svc, "native")} == set(res.chain)
+    lone = Unpacker(svc, NS, "overlayfs", None)
+    lone.unpack(target)
+    lone.rollback()
+    assert snapshots(svc, "overlayfs") == []

@@ -174,10 +174,24 @@ class Unpacker:
         with contextlib.suppress(NotFound):
             self.svc.set_blob_labels(self.ns, layer.digest, {imgs.LABEL_UNCOMPRESSED: diff_id})
 
+    def _held_elsewhere(self, key: str) -> bool:
+        """Whether a lease other than this unpack's holds snapshot ``key`` (a concurrent unpack that
+        reused the layer, say)."""
+        db = self.svc.md.db
+        if db.query_one("SELECT 1 FROM sqlite_master WHERE type='table' AND name='lease_resources'") is None:
+            return False
+        row = db.query_one(
+            "SELECT 1 FROM lease_resources WHERE ns=? AND type=? AND key=? AND lease!=? LIMIT 1",
+            (self.ns, f"snapshots/{self.sn_short}", key, self.lease or ""))
+        return row is not None
+
     def rollback(self) -> None:
         """Remove the snapshots this unpack committed (top first), e.g. when the import that ran it
         fails.  Snapshots another image grew children on are left to the garbage collector."""
         for key in reversed(self.created):
+            if self._held_elsewhere(key):
+                log.info("leaving snapshot %s: another operation's lease holds it", key)
+                continue
             try:
                 self.sn.remove(self.ns, key)
             except PyctrError as e:
