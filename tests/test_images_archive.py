@@ -522,3 +522,14 @@ def test_legacy_docker_save_layout(svc: Any, tmp_path: Path) -> None:
     with pytest.raises(DataLoss):
         svc.import_archive("ns3", tar_dir(d, tmp_path / "bad.tar"), unpack=False)
     assert_empty(svc, "ns3")
+
+
+def test_configured_size_limit(tmp_root: Roots, tmp_path: Path) -> None:
+    tmp_root.config.write_text('[plugins."pyctr.images.metadata"]\nmax_blob_size = 4096\n')
+    lay, _ = _simple(tmp_path)  # its first layer is over 4 KiB
+    with Client(root=str(tmp_root.root), state=str(tmp_root.state), config=str(tmp_root.config)) as c:
+        s = c.plugin("images")
+        assert s.max_blob_size == 4096
+        with pytest.raises(InvalidArgument, match="limit of 4096"):
+            s.import_archive(NS, lay.tar(tmp_path / "a.tar"), base_name="acc/l", unpack=False)
+        assert_empty(s)
