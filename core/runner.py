@@ -638,9 +638,12 @@ def _zygote_state(argv: list[str]) -> str:
         return ""
     if g.get("address"):
         return ""
+    state = g.get("state") or os.environ.get("PYCTR_STATE")
+    if state:
+        return str(state)
     from .config import DEFAULT_STATE
 
-    return str(g.get("state") or os.environ.get("PYCTR_STATE") or DEFAULT_STATE)
+    return DEFAULT_STATE
 
 
 def main(argv: list[str] | None = None) -> Any:
