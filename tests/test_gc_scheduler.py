@@ -216,7 +216,12 @@ def test_cli_gc_reports_what_it_removed(pyctr_cli: Any, tmp_root: Any) -> None:
     (dgst,) = ingest(tmp_root, b"cli blob\n")
     pyctr_cli("leases", "create", "--id", "brief", "--expires", "1s", check=True)
     time.sleep(1.1)
+    dry = pyctr_cli("gc", "--dry-run", check=True)
+    assert dry.stdout.splitlines()[-1].startswith("would remove 2 records")
+    assert len(list(tmp_root.root.glob("pyctr.content.local/blobs/sha256/*"))) == 1
     p = pyctr_cli("gc", check=True)
+    assert [line.split() for line in p.stdout.splitlines()[:-1]] == [line.split() for line in
+                                                                    dry.stdout.splitlines()[:-1]]
     rows = [line.split() for line in p.stdout.splitlines()]
     assert rows[0] == ["TYPE", "NAMESPACE", "NAME"]
     assert ["content", "default", dgst] in rows

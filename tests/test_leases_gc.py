@@ -458,3 +458,22 @@ def test_blobs_whose_records_were_deleted_by_hand_are_freed(world: World) -> Non
     assert res.records == []  # no record was left to sweep...
     assert ("content", gone) in res.backend  # ...but the bytes went
     assert world.blobs() == {keep}
+
+
+def test_dry_run_reports_the_same_and_removes_nothing(world: World) -> None:
+    tree = image_tree(world, "default", "dry")
+    world.image("default", "img", tree["index"])
+    world.images.delete("default", "img")
+    world.snapshot("default", "s1")
+    world.snapshot("default", "s2", "s1")
+    lease = world.leases.create("default", ttl=60)
+    before = (world.records("default"), world.blobs(), world.backend_snapshots(), world.snapshot_records("default"))
+    dry = world.collect(dry_run=True, now=now_ns() + HOUR)
+    assert (world.records("default"), world.blobs(), world.backend_snapshots(),
+            world.snapshot_records("default")) == before
+    assert world.leases.get("default", lease.id)
+    real = world.collect(now=now_ns() + HOUR)
+    assert sorted(dry.records) == sorted(real.records)
+    assert sorted(dry.backend) == sorted(real.backend)
+    assert dry.removed_content == real.removed_content and len(real.removed_content) == 4
+    assert world.blobs() == set() and world.backend_snapshots() == set()

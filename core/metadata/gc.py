@@ -30,7 +30,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -398,6 +398,7 @@ def collect(
     now: int | None = None,
     orphan_grace: float = DEFAULT_ORPHAN_GRACE,
     remove_orphans: bool = True,
+    dry_run: bool = False,
 ) -> GCResult:
     """Run one collection over every namespace of ``db``.
 
@@ -407,60 +408,30 @@ def collect(
         optionally ``cleanup()``); a snapshotter missing here keeps its backend snapshots.
     :param now: the time expiry is measured against (ns since the epoch; default: now).
     :param orphan_grace: backend objects with no record are removed only when older than this (s).
+    :param dry_run: report what would be removed and remove nothing (the sweep runs and is rolled back).
     """
     started = time.monotonic()
     res = GCResult()
     when = now_ns() if now is None else now
     removed_snaps: list[tuple[Node, str]] = []  # (node, backend key), leaves first
     removed_digests: set[str] = set()
-    with db.tx() as tx:
-        g, tables = _load(tx, when)
-        reachable = _mark(g)
-
-        def delete(sql: str, params: tuple[Any, ...], what: str) -> bool:
-            try:
-                tx.execute(sql, params)
-                return True
-            except sqlite3.Error as e:
-                res.errors.append(f"cannot remove {what}: {e}")
-                return False
-
-        for ns, lid in g.leases_expired:
-            what = f"lease {lid} in namespace {ns}"
-            ok = "lease_resources" not in tables or delete(
-                "DELETE FROM lease_resources WHERE ns=? AND lease=?", (ns, lid), what)
-            if ok and delete("DELETE FROM leases WHERE ns=? AND id=?", (ns, lid), what):
-                res.removed_leases.append((ns, lid))
-                res.records.append(("lease", ns, lid))
-        sweeps = ((IMAGE, "images", "name", res.removed_images),
-                  (INGEST, "ingests", "ref", res.removed_ingests),
-                  (CONTENT, "content", "digest", None))
-        for kind, table, col, out in sweeps:
-            for node in g.by_kind.get(kind, []):
-                if node in reachable or not delete(f"DELETE FROM {table} WHERE ns=? AND {col}=?", node[1:],
-                                                   f"{kind} {node[2]} in namespace {node[1]}"):
-                    continue
-                res.records.append(node)
-                if out is not None:
-                    out.append((node[1], node[2]))
-                else:
-                    removed_digests.add(node[2])
-        dead = [n for n in g.by_kind.get(SNAPSHOT, []) if n not in reachable]
-        dead.sort(key=lambda n: _depth(n, g.parent), reverse=True)  # children before their parents
-        for node in dead:
-            sn, _, key = node[2].partition("/")
-            if delete("DELETE FROM snapshots WHERE ns=? AND snapshotter=? AND key=?",
-                      (node[1], sn, key), f"snapshot {sn}/{key} in namespace {node[1]}"):
-                res.removed_snapshots.append((sn, key))
-                res.records.append(node)
-                removed_snaps.append((node, g.backend_key.get(node, key)))
+    gone_content: set[tuple[str, str]] = set()  # (ns, digest) records swept
+    try:
+        with db.tx() as tx:
+            tables = _sweep(tx, when, res, removed_snaps, removed_digests, gone_content)
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        pass
     res.removed_content = sorted(removed_digests)
 
     # -- after the commit: the backends ---------------------------------------------------------
     if content_backend is not None:
-        _clean_content(db, content_backend, removed_digests, res, when,
+        _clean_content(db, content_backend, gone_content, res, when, dry_run=dry_run,
                        orphans=remove_orphans and "content" in tables, grace=orphan_grace)
         for ns, ref in res.removed_ingests:  # the namespaced store's backend ref is "<ns>/<ref>"
+            if dry_run:
+                continue
             try:
                 content_backend.abort(f"{ns}/{ref}")
             except NotFound:
@@ -470,14 +441,66 @@ def collect(
                 continue
             res.backend.append(("ingest", f"{ns}/{ref}"))
     for sn, backend in (snapshot_backends or {}).items():
-        mine = [bkey for node, bkey in removed_snaps if node[2].split("/", 1)[0] == sn]
-        _clean_snapshots(db, sn, backend, mine, res, when,
+        mine = [(node[1], node[2].split("/", 1)[1], bkey) for node, bkey in removed_snaps
+                if node[2].split("/", 1)[0] == sn]
+        _clean_snapshots(db, sn, backend, mine, res, when, dry_run=dry_run,
                          orphans=remove_orphans and "snapshots" in tables, grace=orphan_grace)
     res.duration = time.monotonic() - started
-    if res.records or res.backend or res.errors:
+    if (res.records or res.backend or res.errors) and not dry_run:
         log.info("gc: removed %d records and %d backend objects in %.3fs (%d errors)",
                  len(res.records), len(res.backend), res.duration, len(res.errors))
     return res
+
+
+class _DryRun(Exception):
+    """Rolls a dry run's sweep back."""
+
+
+def _sweep(tx: Tx, when: int, res: GCResult, removed_snaps: list[tuple[Node, str]], removed_digests: set[str],
+           gone_content: set[tuple[str, str]]) -> dict[str, set[str]]:
+    """Mark, then delete every unreachable record (in ``tx``); returns the tables seen."""
+    g, tables = _load(tx, when)
+    reachable = _mark(g)
+
+    def delete(sql: str, params: tuple[Any, ...], what: str) -> bool:
+        try:
+            tx.execute(sql, params)
+            return True
+        except sqlite3.Error as e:
+            res.errors.append(f"cannot remove {what}: {e}")
+            return False
+
+    for ns, lid in g.leases_expired:
+        what = f"lease {lid} in namespace {ns}"
+        ok = "lease_resources" not in tables or delete(
+            "DELETE FROM lease_resources WHERE ns=? AND lease=?", (ns, lid), what)
+        if ok and delete("DELETE FROM leases WHERE ns=? AND id=?", (ns, lid), what):
+            res.removed_leases.append((ns, lid))
+            res.records.append(("lease", ns, lid))
+    sweeps = ((IMAGE, "images", "name", res.removed_images),
+              (INGEST, "ingests", "ref", res.removed_ingests),
+              (CONTENT, "content", "digest", None))
+    for kind, table, col, out in sweeps:
+        for node in g.by_kind.get(kind, []):
+            if node in reachable or not delete(f"DELETE FROM {table} WHERE ns=? AND {col}=?", node[1:],
+                                               f"{kind} {node[2]} in namespace {node[1]}"):
+                continue
+            res.records.append(node)
+            if out is not None:
+                out.append((node[1], node[2]))
+            else:
+                removed_digests.add(node[2])
+                gone_content.add((node[1], node[2]))
+    dead = [n for n in g.by_kind.get(SNAPSHOT, []) if n not in reachable]
+    dead.sort(key=lambda n: _depth(n, g.parent), reverse=True)  # children before their parents
+    for node in dead:
+        sn, _, key = node[2].partition("/")
+        if delete("DELETE FROM snapshots WHERE ns=? AND snapshotter=? AND key=?",
+                  (node[1], sn, key), f"snapshot {sn}/{key} in namespace {node[1]}"):
+            res.removed_snapshots.append((sn, key))
+            res.records.append(node)
+            removed_snaps.append((node, g.backend_key.get(node, key)))
+    return tables
 
 
 def _has_table(tx: Tx, name: str) -> bool:
@@ -485,15 +508,18 @@ def _has_table(tx: Tx, name: str) -> bool:
     return row is not None
 
 
-def _clean_content(db: MetadataDB, backend: Any, digests: Iterable[str], res: GCResult, now: int, *,
-                   orphans: bool, grace: float) -> None:
-    # Under a write transaction, so no other process records a blob between our check and the delete.
+def _clean_content(db: MetadataDB, backend: Any, gone: set[tuple[str, str]], res: GCResult, now: int, *,
+                   orphans: bool, grace: float, dry_run: bool = False) -> None:
+    """Delete the blobs no record names any more (those whose records ``gone`` were swept, and, with
+    ``orphans``, any other), under a write transaction, so no other process records a blob between
+    the check and the delete."""
     with db.tx() as tx:
         has_table = _has_table(tx, "content")
         recorded: set[str] = set()
         if has_table:
-            recorded = {r[0] for r in tx.execute("SELECT DISTINCT digest FROM content").fetchall()}
-        candidates = [d for d in sorted(set(digests)) if d not in recorded]
+            recorded = {d for ns, d in tx.execute("SELECT ns, digest FROM content").fetchall()
+                        if (ns, d) not in gone}  # (a dry run's swept records are still there)
+        candidates = sorted({d for _, d in gone} - recorded)
         if orphans and has_table and hasattr(backend, "walk"):
             cutoff = now - int(grace * 1e9)
             try:
@@ -504,6 +530,10 @@ def _clean_content(db: MetadataDB, backend: Any, digests: Iterable[str], res: GC
             except Exception as e:
                 res.errors.append(f"cannot list the content backend's blobs: {e}")
         for dgst in candidates:
+            if dry_run:
+                if not hasattr(backend, "exists") or backend.exists(dgst):
+                    res.backend.append(("content", dgst))
+                continue
             try:
                 backend.delete(dgst)
             except NotFound:
@@ -525,19 +555,26 @@ def _older(info: Any, cutoff: int) -> bool:
     return created < cutoff
 
 
-def _clean_snapshots(db: MetadataDB, sn: str, backend: Any, removed: list[str], res: GCResult, now: int, *,
-                     orphans: bool, grace: float) -> None:
+def _clean_snapshots(db: MetadataDB, sn: str, backend: Any, gone: list[tuple[str, str, str]], res: GCResult,
+                     now: int, *, orphans: bool, grace: float, dry_run: bool = False) -> None:
+    """Remove the backend snapshots of the swept records ``gone`` (``(ns, key, backend key)``, leaves
+    first) that no other record shares, and with ``orphans`` any other without a record."""
+    gone_keys = {(ns, key) for ns, key, _ in gone}
     with db.tx() as tx:
         has_table = _has_table(tx, "snapshots")
         recorded: set[str] = set()
         if has_table:
             cols = {r[1] for r in tx.execute('PRAGMA table_info("snapshots")').fetchall()}
             col = "backend_key" if "backend_key" in cols else "key"
-            recorded = {r[0] for r in tx.execute(f"SELECT {col} FROM snapshots WHERE snapshotter=?", (sn,))}
-        todo = [k for k in removed if k not in recorded]
+            rows = tx.execute(f"SELECT ns, key, {col} FROM snapshots WHERE snapshotter=?", (sn,)).fetchall()
+            recorded = {r[2] for r in rows if (r[0], r[1]) not in gone_keys}
+        todo = [bkey for _, _, bkey in gone if bkey not in recorded]
         if orphans and has_table and hasattr(backend, "walk"):
             todo = _snapshot_orphans(sn, backend, recorded, todo, now - int(grace * 1e9), res)
         for bkey in todo:
+            if dry_run:
+                res.backend.append(("snapshot", f"{sn}/{bkey}"))
+                continue
             try:
                 backend.remove(bkey)
             except NotFound:
@@ -547,7 +584,7 @@ def _clean_snapshots(db: MetadataDB, sn: str, backend: Any, removed: list[str], 
                 continue
             res.backend.append(("snapshot", f"{sn}/{bkey}"))
     cleanup = getattr(backend, "cleanup", None)
-    if callable(cleanup):
+    if callable(cleanup) and not dry_run:
         try:
             cleanup()
         except Exception as e:

@@ -37,15 +37,16 @@ def _init(ctx: InitContext) -> Any:
     store = ctx.get(PluginType.METADATA)
     grace = float(ctx.config["orphan_grace"])
 
-    def run() -> GCResult:
+    def run(dry_run: bool = False) -> GCResult:
         try:
             content = ctx.get(PluginType.CONTENT)
         except PyctrError as e:
             log.info("gc: no content backend (%s); blobs are left alone", e)
             content = None
         snapshotters = ctx.get_all(PluginType.SNAPSHOT)
-        result = collect(store.db, content, snapshotters, orphan_grace=grace)
-        _publish(store, result)
+        result = collect(store.db, content, snapshotters, orphan_grace=grace, dry_run=dry_run)
+        if not dry_run:
+            _publish(store, result)
         return result
 
     sched = GCScheduler(run, ctx.config)

@@ -47,7 +47,7 @@ _MIN_AVG = 0.005  # seconds: containerd's floor for the average collection time
 
 
 class GCScheduler:
-    def __init__(self, collect_fn: Callable[[], GCResult], config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, collect_fn: Callable[..., GCResult], config: Mapping[str, Any] | None = None) -> None:
         cfg = dict(DEFAULTS)
         cfg.update(config or {})
         pause = float(cfg["pause_threshold"])
@@ -134,8 +134,12 @@ class GCScheduler:
 
     # -- running -------------------------------------------------------------------------------
 
-    def collect(self) -> GCResult:
-        """Run one collection now, on this thread, and return what it removed."""
+    def collect(self, *, dry_run: bool = False) -> GCResult:
+        """Run one collection now, on this thread, and return what it removed (with ``dry_run``: what
+        it would remove; nothing is removed and the scheduler's state is left alone)."""
+        if dry_run:
+            with self._run_lock:
+                return self._collect_fn(dry_run=True)
         with self._run_lock:
             with self._cond:
                 self._deletions = self._mutations = 0
