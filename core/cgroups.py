@@ -24,7 +24,7 @@ The mode is v2 when ``<root>/cgroup.controllers`` exists and no v1 memory contro
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -141,8 +141,11 @@ def _read(path: str) -> bytes | None:
         os.close(fd)
 
 
-def _int(path: str) -> int | None:
-    data = _read(path)
+#: Reads one file: its bytes, or None when it is missing or unreadable.
+Reader = Callable[[str], "bytes | None"]
+
+
+def _int(data: bytes | None) -> int | None:
     if data is None:
         return None
     data = data.strip()
@@ -154,9 +157,8 @@ def _int(path: str) -> int | None:
         return None
 
 
-def _kv(path: str) -> dict[bytes, int]:
+def _kv(data: bytes | None) -> dict[bytes, int]:
     """``key value`` lines (memory.stat, cpu.stat, memory.events, memory.oom_control)."""
-    data = _read(path)
     out: dict[bytes, int] = {}
     if not data:
         return out
@@ -182,9 +184,8 @@ def _devices(by_dev: dict[tuple[int, int], IODevice], major_minor: bytes) -> IOD
     return dev
 
 
-def _blkio_v1(path: str, by_dev: dict[tuple[int, int], IODevice], what: str) -> bool:
+def _blkio_v1(data: bytes | None, by_dev: dict[tuple[int, int], IODevice], what: str) -> bool:
     """``8:0 Read 4096`` lines of a v1 blkio file into ``by_dev`` (bytes or ops); whether it was read."""
-    data = _read(path)
     if data is None:
         return False
     for line in data.split(b"\n"):
@@ -207,9 +208,8 @@ def _blkio_v1(path: str, by_dev: dict[tuple[int, int], IODevice], what: str) -> 
     return True
 
 
-def _io_v2(path: str, by_dev: dict[tuple[int, int], IODevice]) -> bool:
+def _io_v2(data: bytes | None, by_dev: dict[tuple[int, int], IODevice]) -> bool:
     """``8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0`` lines of io.stat into ``by_dev``."""
-    data = _read(path)
     if data is None:
         return False
     for line in data.split(b"\n"):
@@ -254,27 +254,113 @@ def _rel(path: str) -> str:
     return rel
 
 
-def read(path: str, root: str = CGROUP_ROOT, cgroup_version: int | None = None) -> CgroupStats:
+def read(path: str, root: str = CGROUP_ROOT, cgroup_version: int | None = None, rd: Reader = _read
+         ) -> CgroupStats:
     """The statistics of the cgroup ``path`` (``/pyctr/default/web``) under ``root``.
 
+    :param rd: how files are read (:meth:`CgroupReader.read` keeps them open between calls).
     :raises NotFound: the cgroup does not exist (the container is gone).
     """
     v = cgroup_version or version(root)
-    return read_v2(path, root) if v == 2 else read_v1(path, root)
+    return read_v2(path, root, rd) if v == 2 else read_v1(path, root, rd)
 
 
-def read_v1(path: str, root: str = CGROUP_ROOT) -> CgroupStats:
+class CgroupReader:
+    """Reads cgroups again and again cheaply: the files of every cgroup read stay open and are read
+    again with ``pread`` at offset 0 (the kernel regenerates a cgroup file's text for every read from
+    offset 0), which costs a quarter of open + read + close.
+
+    At most ``max_fds`` descriptors are kept (by default half of what RLIMIT_NOFILE leaves above
+    1024); beyond that files are opened per read.  :meth:`retain` closes the files of cgroups no longer
+    asked for.  Not thread-safe: one scraper at a time (the metrics plugin holds a lock).
+    """
+
+    _MISSING = -1
+
+    def __init__(self, root: str = CGROUP_ROOT, max_fds: int | None = None) -> None:
+        self.root = root
+        if max_fds is None:
+            import resource
+
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            soft = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+            max_fds = max(0, (soft - 1024) // 2)
+        self.max_fds = max_fds
+        self._fds: dict[str, dict[str, int]] = {}  # cgroup path -> file path -> fd (or _MISSING)
+        self._open = 0
+        self._current: dict[str, int] = {}
+
+    def read(self, path: str, cgroup_version: int | None = None) -> CgroupStats:
+        self._current = self._fds.setdefault(path, {})
+        try:
+            return read(path, self.root, cgroup_version, self._pread)
+        except NotFound:
+            self._drop(path)
+            raise
+
+    def _pread(self, file: str) -> bytes | None:
+        files = self._current
+        fd = files.get(file)
+        if fd == self._MISSING:
+            return None
+        if fd is not None:
+            try:
+                data = os.pread(fd, 65536, 0)
+                if len(data) < 65536:
+                    return data
+            except OSError:
+                pass  # ENODEV: the cgroup was removed (and maybe made again): open it afresh
+            os.close(fd)
+            del files[file]
+            self._open -= 1
+        if self._open >= self.max_fds:
+            return _read(file)
+        try:
+            fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            if os.path.isdir(os.path.dirname(file)):
+                files[file] = self._MISSING  # this kernel has no such file: do not look again
+            return None
+        files[file] = fd
+        self._open += 1
+        try:
+            data = os.pread(fd, 65536, 0)
+        except OSError:
+            return None
+        return data if len(data) < 65536 else _read(file)
+
+    def _drop(self, path: str) -> None:
+        for fd in (self._fds.pop(path, None) or {}).values():
+            if fd != self._MISSING:
+                os.close(fd)
+                self._open -= 1
+
+    def retain(self, paths: Iterable[str]) -> None:
+        """Close the files of every cgroup not in ``paths``."""
+        keep = set(paths)
+        for path in [p for p in self._fds if p not in keep]:
+            self._drop(path)
+
+    @property
+    def open_files(self) -> int:
+        return self._open
+
+    def close(self) -> None:
+        self.retain(())
+
+
+def read_v1(path: str, root: str = CGROUP_ROOT, rd: Reader = _read) -> CgroupStats:
     rel = _rel(path)
     st = CgroupStats(path=path, version=1)
     mem = f"{root}/memory/{rel}/"
-    usage = _int(mem + "memory.usage_in_bytes")
+    usage = _int(rd(mem + "memory.usage_in_bytes"))
     if usage is None and not os.path.isdir(mem):
         raise NotFound(f"cgroup {path} not found")
     st.memory_usage = usage
-    limit = _int(mem + "memory.limit_in_bytes")
+    limit = _int(rd(mem + "memory.limit_in_bytes"))
     st.memory_limit = None if limit is None or limit >= _V1_UNLIMITED else limit
-    st.memory_max_usage = _int(mem + "memory.max_usage_in_bytes")
-    ms = _kv(mem + "memory.stat")
+    st.memory_max_usage = _int(rd(mem + "memory.max_usage_in_bytes"))
+    ms = _kv(rd(mem + "memory.stat"))
     if ms:
         def g(name: bytes) -> int | None:
             v = ms.get(b"total_" + name)
@@ -289,41 +375,41 @@ def read_v1(path: str, root: str = CGROUP_ROOT) -> CgroupStats:
         st.memory_shmem = g(b"shmem")
         st.memory_pgfault = g(b"pgfault")
         st.memory_pgmajfault = g(b"pgmajfault")
-    oom = _kv(mem + "memory.oom_control")
+    oom = _kv(rd(mem + "memory.oom_control"))
     if oom:
         st.memory_oom_kills = oom.get(b"oom_kill")
     cpuacct = f"{root}/cpuacct/{rel}/"
-    st.cpu_usage_ns = _int(cpuacct + "cpuacct.usage")
-    st.cpu_user_ns = _int(cpuacct + "cpuacct.usage_user")
-    st.cpu_system_ns = _int(cpuacct + "cpuacct.usage_sys")
+    st.cpu_usage_ns = _int(rd(cpuacct + "cpuacct.usage"))
+    st.cpu_user_ns = _int(rd(cpuacct + "cpuacct.usage_user"))
+    st.cpu_system_ns = _int(rd(cpuacct + "cpuacct.usage_sys"))
     if st.cpu_usage_ns is not None and st.cpu_user_ns is None:
-        ticks = _kv(cpuacct + "cpuacct.stat")  # USER_HZ ticks on kernels without usage_user
+        ticks = _kv(rd(cpuacct + "cpuacct.stat"))  # USER_HZ ticks on kernels without usage_user
         hz = os.sysconf("SC_CLK_TCK") or 100
         if b"user" in ticks:
             st.cpu_user_ns = ticks[b"user"] * 1_000_000_000 // hz
         if b"system" in ticks:
             st.cpu_system_ns = ticks[b"system"] * 1_000_000_000 // hz
-    cs = _kv(f"{root}/cpu/{rel}/cpu.stat")
+    cs = _kv(rd(f"{root}/cpu/{rel}/cpu.stat"))
     if cs:
         st.cpu_nr_periods = cs.get(b"nr_periods")
         st.cpu_nr_throttled = cs.get(b"nr_throttled")
         st.cpu_throttled_ns = cs.get(b"throttled_time")
     pids = f"{root}/pids/{rel}/"
-    st.pids_current = _int(pids + "pids.current")
-    st.pids_limit = _int(pids + "pids.max")
+    st.pids_current = _int(rd(pids + "pids.current"))
+    st.pids_limit = _int(rd(pids + "pids.max"))
     blkio = f"{root}/blkio/{rel}/"
     by_dev: dict[tuple[int, int], IODevice] = {}
-    if _blkio_v1(blkio + "blkio.throttle.io_service_bytes_recursive", by_dev, "bytes"):
-        _blkio_v1(blkio + "blkio.throttle.io_serviced_recursive", by_dev, "ops")
+    if _blkio_v1(rd(blkio + "blkio.throttle.io_service_bytes_recursive"), by_dev, "bytes"):
+        _blkio_v1(rd(blkio + "blkio.throttle.io_serviced_recursive"), by_dev, "ops")
         _io_totals(st, by_dev)
     return st
 
 
-def read_v2(path: str, root: str = CGROUP_ROOT) -> CgroupStats:
+def read_v2(path: str, root: str = CGROUP_ROOT, rd: Reader = _read) -> CgroupStats:
     rel = _rel(path)
     st = CgroupStats(path=path, version=2)
     d = f"{root}/{rel}/"
-    cs = _kv(d + "cpu.stat")
+    cs = _kv(rd(d + "cpu.stat"))
     if not cs and not os.path.isdir(d):
         raise NotFound(f"cgroup {path} not found")
     if b"usage_usec" in cs:
@@ -336,10 +422,10 @@ def read_v2(path: str, root: str = CGROUP_ROOT) -> CgroupStats:
     st.cpu_nr_throttled = cs.get(b"nr_throttled")
     if b"throttled_usec" in cs:
         st.cpu_throttled_ns = cs[b"throttled_usec"] * 1000
-    st.memory_usage = _int(d + "memory.current")
-    st.memory_limit = _int(d + "memory.max")  # "max" -> None
-    st.memory_max_usage = _int(d + "memory.peak")  # kernels >= 5.19
-    ms = _kv(d + "memory.stat")
+    st.memory_usage = _int(rd(d + "memory.current"))
+    st.memory_limit = _int(rd(d + "memory.max"))  # "max" -> None
+    st.memory_max_usage = _int(rd(d + "memory.peak"))  # kernels >= 5.19
+    ms = _kv(rd(d + "memory.stat"))
     if ms:
         st.memory_rss = ms.get(b"anon")
         st.memory_cache = ms.get(b"file")
@@ -349,14 +435,14 @@ def read_v2(path: str, root: str = CGROUP_ROOT) -> CgroupStats:
         st.memory_shmem = ms.get(b"shmem")
         st.memory_pgfault = ms.get(b"pgfault")
         st.memory_pgmajfault = ms.get(b"pgmajfault")
-    st.memory_swap = _int(d + "memory.swap.current")
-    ev = _kv(d + "memory.events")
+    st.memory_swap = _int(rd(d + "memory.swap.current"))
+    ev = _kv(rd(d + "memory.events"))
     if ev:
         st.memory_oom_kills = ev.get(b"oom_kill", 0)
-    st.pids_current = _int(d + "pids.current")
-    st.pids_limit = _int(d + "pids.max")
+    st.pids_current = _int(rd(d + "pids.current"))
+    st.pids_limit = _int(rd(d + "pids.max"))
     by_dev: dict[tuple[int, int], IODevice] = {}
-    if _io_v2(d + "io.stat", by_dev):
+    if _io_v2(rd(d + "io.stat"), by_dev):
         _io_totals(st, by_dev)
     return st
 
@@ -365,7 +451,7 @@ def populated(path: str, root: str = CGROUP_ROOT, cgroup_version: int | None = N
     """Whether the cgroup exists and holds at least one process."""
     rel = _rel(path)
     if (cgroup_version or version(root)) == 2:
-        ev = _kv(f"{root}/{rel}/cgroup.events")
+        ev = _kv(_read(f"{root}/{rel}/cgroup.events"))
         return bool(ev.get(b"populated"))
     for ctrl in ("pids", "memory", "cpuacct"):
         data = _read(f"{root}/{ctrl}/{rel}/cgroup.procs")
@@ -378,7 +464,7 @@ def frozen(path: str, root: str = CGROUP_ROOT, cgroup_version: int | None = None
     """Whether the cgroup is frozen (a paused container)."""
     rel = _rel(path)
     if (cgroup_version or version(root)) == 2:
-        return bool(_kv(f"{root}/{rel}/cgroup.events").get(b"frozen"))
+        return bool(_kv(_read(f"{root}/{rel}/cgroup.events")).get(b"frozen"))
     data = _read(f"{root}/freezer/{rel}/freezer.state")
     return data is not None and data.strip() in (b"FROZEN", b"FREEZING")
 

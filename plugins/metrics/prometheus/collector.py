@@ -33,6 +33,8 @@ from pyctr.errdefs import PyctrError
 log = logging.getLogger("pyctr.plugin.pyctr.metrics.prometheus")
 
 LABELS = ["container_id", "namespace"]
+# one sample: (label text as rendered, label values, value)
+_Row = tuple[str, tuple[str, ...], "float | int"]
 
 
 @dataclass(frozen=True)
@@ -127,66 +129,100 @@ _IO_LABELS = [*LABELS, "op", "device", "major", "minor"]
 
 
 class ContainerCollector:
-    """Per-container cgroup figures, read at every scrape."""
+    """Per-container cgroup figures, read at every scrape.
 
-    def __init__(self, tasks: Callable[[], list[TaskRef]], root: str = cgroups.CGROUP_ROOT) -> None:
+    Use it as a prometheus_client collector (:meth:`collect`), or call :meth:`exposition` for the same
+    families already in the text format (what ``/v1/metrics`` serves: a tenth of the rendering cost).
+    The cgroup files stay open between scrapes (:class:`pyctr.cgroups.CgroupReader`); one scrape at
+    a time (the plugin's lock).
+    """
+
+    def __init__(self, tasks: Callable[[], list[TaskRef]], root: str = cgroups.CGROUP_ROOT,
+                 max_fds: int | None = None) -> None:
         self._tasks = tasks
         self.root = root
-        self.last_duration = 0.0
+        self.reader = cgroups.CgroupReader(root, max_fds)
+        self.last_duration = 0.0  # seconds the previous read_all took
         self.last_count = 0
         self.errors = 0
 
     def read_all(self) -> list[tuple[TaskRef, CgroupStats]]:
         """The statistics of every task that is not stopped and whose cgroup still holds a process."""
+        t0 = time.perf_counter()
         version = cgroups.version(self.root)
         out: list[tuple[TaskRef, CgroupStats]] = []
+        seen: list[str] = []
         for ref in self._tasks():
             if ref.status == "stopped":
                 continue
             try:
-                st = cgroups.read(ref.cgroup, self.root, version)
+                st = self.reader.read(ref.cgroup, version)
             except PyctrError:
                 continue  # the cgroup is gone: the task has just been deleted
             except Exception:
                 self.errors += 1
                 log.warning("reading the cgroup of %s/%s failed", ref.namespace, ref.id, exc_info=True)
                 continue
+            seen.append(ref.cgroup)
             alive = (st.pids_current > 0 if st.pids_current is not None
                      else cgroups.populated(ref.cgroup, self.root, version))
             if alive:
                 out.append((ref, st))
+        self.reader.retain(seen)
+        self.last_duration = time.perf_counter() - t0
+        self.last_count = len(out)
         return out
 
-    def collect(self) -> Iterator[Metric]:
-        t0 = time.perf_counter()
+    def _rows(self) -> list[tuple[str, str, list[str], list[_Row]]]:
+        """``[(family, help, label names, rows), ...]`` for every family, in a fixed order; a row is
+        ``(label text, label values, value)``."""
         stats = self.read_all()
         ooms = metrics_api.snapshot()["oom_events"]
-        fams = [(GaugeMetricFamily(name, help_, labels=LABELS), attr) for name, help_, attr in _SIMPLE]
-        oom = GaugeMetricFamily(*_OOM, labels=LABELS)
-        io_bytes = GaugeMetricFamily(*_IO_BYTES, labels=_IO_LABELS)
-        io_ops = GaugeMetricFamily(*_IO_OPS, labels=_IO_LABELS)
+        fams: list[tuple[str, str, list[str], list[_Row]]] = [(n, h, LABELS, []) for n, h, _ in _SIMPLE]
+        attrs = [a for _, _, a in _SIMPLE]
+        oom: list[_Row] = []
+        io_bytes: list[_Row] = []
+        io_ops: list[_Row] = []
         for ref, st in stats:
-            lv = [ref.id, ref.namespace]
-            for fam, attr in fams:
+            lvals = (ref.id, ref.namespace)
+            lv = f'container_id="{_esc(ref.id)}",namespace="{_esc(ref.namespace)}"'
+            for (_, _, _, rows), attr in zip(fams, attrs, strict=True):
                 v = getattr(st, attr)
                 if v is not None:
-                    fam.add_metric(lv, v)
+                    rows.append((lv, lvals, v))
             # the cgroup's own count is restart-safe; the shim's notifications cover old kernels
-            n = max(st.memory_oom_kills or 0, ooms.get((ref.namespace, ref.id), 0))
-            oom.add_metric(lv, n)
+            oom.append((lv, lvals, max(st.memory_oom_kills or 0, ooms.get((ref.namespace, ref.id), 0))))
             for dev in st.io_devices:
-                dl = [str(dev.major), str(dev.minor)]
                 name = cgroups.device_name(dev.major, dev.minor)
-                io_bytes.add_metric([*lv, "Read", name, *dl], dev.read_bytes)
-                io_bytes.add_metric([*lv, "Write", name, *dl], dev.write_bytes)
-                io_ops.add_metric([*lv, "Read", name, *dl], dev.read_ops)
-                io_ops.add_metric([*lv, "Write", name, *dl], dev.write_ops)
-        yield from (f for f, _ in fams)
-        yield oom
-        yield io_bytes
-        yield io_ops
-        self.last_duration = time.perf_counter() - t0
-        self.last_count = len(stats)
+                dv = (name, str(dev.major), str(dev.minor))
+                dl = f'device="{_esc(name)}",major="{dev.major}",minor="{dev.minor}"'
+                for op, nbytes, nops in (("Read", dev.read_bytes, dev.read_ops),
+                                         ("Write", dev.write_bytes, dev.write_ops)):
+                    io_bytes.append((f'{lv},op="{op}",{dl}', (*lvals, op, *dv), nbytes))
+                    io_ops.append((f'{lv},op="{op}",{dl}', (*lvals, op, *dv), nops))
+        return [*fams, (*_OOM, LABELS, oom), (*_IO_BYTES, _IO_LABELS, io_bytes), (*_IO_OPS, _IO_LABELS, io_ops)]
+
+    def exposition(self) -> str:
+        """Every container family in the Prometheus text format (0.0.4)."""
+        out: list[str] = []
+        for name, help_, _, rows in self._rows():
+            out.append(f"# HELP {name} {help_}\n# TYPE {name} gauge\n")
+            out.extend(f"{name}{{{text}}} {v}\n" for text, _, v in rows)
+        return "".join(out)
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_, labels, rows in self._rows():
+            fam = GaugeMetricFamily(name, help_, labels=labels)
+            for _, lvals, v in rows:
+                fam.add_metric(list(lvals), v)
+            yield fam
+
+
+def _esc(v: str) -> str:
+    """A label value escaped for the text format."""
+    if "\\" in v or '"' in v or "\n" in v:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return v
 
 
 def _hist(name: str, help_: str, labels: list[str], items: Iterable[tuple[list[str], metrics_api.Histogram]]

@@ -39,9 +39,10 @@ class PrometheusMetrics:
         self._engine: Any = None
         self._extra: list[Any] = []
         self.server: MetricsHTTPServer | None = None
+        self._cgroup_root = cgroup_root
+        # the container families are rendered by the collector itself (render_bytes), not through
+        # this registry: prometheus_client's generic renderer costs ten times as much per sample
         self.containers = ContainerCollector(self.tasks, cgroup_root) if container_metrics else None
-        if self.containers is not None:
-            self.registry.register(self.containers)
         self.registry.register(DaemonCollector(
             events=lambda: self._plugins.events, containers=self._container_counts, tasks=self.tasks,
             plugins=self._plugin_statuses, container_collector=self.containers))
@@ -105,7 +106,8 @@ class PrometheusMetrics:
 
     def render_bytes(self) -> bytes:
         with self._lock:
-            return generate_latest(self.registry)
+            head = self.containers.exposition().encode() if self.containers is not None else b""
+            return head + generate_latest(self.registry)
 
     def container_stats(self, ns: str, id: str) -> dict[str, Any]:
         """The current cgroup statistics of the task ``ns/id`` (:class:`~pyctr.cgroups.CgroupStats`
@@ -118,8 +120,7 @@ class PrometheusMetrics:
                 if ref.status == "stopped":
                     raise FailedPrecondition(f"task {id!r} is stopped: no statistics")
                 try:
-                    st = cgroups.read(ref.cgroup, self.containers.root if self.containers else
-                                      cgroups.CGROUP_ROOT)
+                    st = cgroups.read(ref.cgroup, self._cgroup_root)
                 except NotFound:
                     raise FailedPrecondition(f"task {id!r} has no cgroup any more (stopped)") from None
                 return st.to_dict()
@@ -144,3 +145,6 @@ class PrometheusMetrics:
 
     def close(self) -> None:
         self.stop_server()
+        if self.containers is not None:
+            with self._lock:
+                self.containers.reader.close()
