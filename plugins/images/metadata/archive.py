@@ -830,31 +830,16 @@ def export(
 
 
 def _export_walk(svc: ImageService, ns: str, target: Descriptor, matcher: plat.Matcher) -> list[Descriptor]:
-    """What to write for ``target``: the target, the manifests ``matcher`` selects (all must be present
-    unless the index has them only for other platforms) and their configs and layers."""
-    cs = svc.content
-    out: list[Descriptor] = []
-    seen: set[str] = set()
-    stack = [target]
-    while stack:
-        d = stack.pop(0)
-        if d.digest in seen:
+    """What to write for ``target``: the target, the manifests ``matcher`` selects and their configs and
+    layers.  All must be present, except foreign layers and, with ``--all-platforms``, manifests the
+    index lists but this store never fetched."""
+    available, missing = svc.walk_content(ns, target, matcher)
+    for d in missing:
+        if mt.is_non_distributable(d.media_type):
             continue
-        seen.add(d.digest)
-        if not cs.exists(ns, d.digest):
-            if mt.is_non_distributable(d.media_type):
-                continue
-            raise NotFound(f"blob {d.digest} ({d.media_type}) of the image is not in the content store; "
-                           "pull the image again")
-        out.append(d)
-        if mt.is_index(d.media_type):
-            kids = imgs.parse_index(d, svc.read_blob(ns, d))
-            kids = [k for k in imgs.select_manifests(kids, matcher)
-                    if cs.exists(ns, k.digest) or not isinstance(matcher, plat.AnyMatcher)]
-            present = [k for k in kids if cs.exists(ns, k.digest)]
-            if not present and kids:
-                raise NotFound(f"no manifest of index {d.digest} for {matcher} is in the content store")
-            stack.extend(present)
-        elif mt.is_manifest(d.media_type):
-            stack.extend(imgs.children(d, svc.read_blob(ns, d)))
-    return out
+        if isinstance(matcher, plat.AnyMatcher) and d is not target and (
+                mt.is_manifest(d.media_type) or mt.is_index(d.media_type)):
+            continue
+        raise NotFound(f"blob {d.digest} ({d.media_type}) of the image is not in the content store; "
+                       "pull the image again")
+    return available

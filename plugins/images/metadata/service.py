@@ -305,9 +305,10 @@ class ImageService:
             return []
         return []
 
-    def _walk_status(self, ns: str, target: Descriptor, matcher: plat.Matcher | None
+    def walk_content(self, ns: str, target: Descriptor, matcher: plat.Matcher | None
                      ) -> tuple[builtins.list[Descriptor], builtins.list[Descriptor]]:
-        """``(available, missing)`` descriptors reachable from ``target`` for ``matcher``."""
+        """``(available, missing)``: the descriptors reachable from ``target`` (index entries filtered by
+        ``matcher``; None: all) that the namespace's content has, parents first, and those it lacks."""
         cs = self.content
         available: builtins.list[Descriptor] = []
         missing: builtins.list[Descriptor] = []
@@ -335,7 +336,7 @@ class ImageService:
     def size(self, ns: str, image: Image, platform: str | None = None) -> int:
         """Bytes of the image's content present for ``platform`` (default: the host)."""
         matcher = plat.only(platform) if platform else plat.default()
-        available, _ = self._walk_status(ns, image.target, matcher)
+        available, _ = self.walk_content(ns, image.target, matcher)
         return sum(d.size for d in available)
 
     def unpacked(self, ns: str, image: Image, snapshotter: str | None = None) -> bool:
@@ -371,7 +372,7 @@ class ImageService:
         unpacked.  ``status`` is ``complete`` (everything for the host platform is present),
         ``incomplete`` or ``missing`` (not even the target)."""
         img = self.resolve(ns, name)
-        available, missing = self._walk_status(ns, img.target, plat.default())
+        available, missing = self.walk_content(ns, img.target, plat.default())
         if not available:
             status = "missing"
         elif missing:
