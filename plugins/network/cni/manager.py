@@ -33,6 +33,8 @@ import ipaddress
 import json
 import logging
 import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -85,6 +87,8 @@ STALE_ATTACHING_NS = 600 * 1_000_000_000
 #: Where subnets of networks created without ``--subnet`` come from (/24 each).
 AUTO_SUBNET_POOL = "10.89.0.0/16"
 _ETC_FILES = ("resolv.conf", "hosts", "hostname")
+#: Chains the CNI plugins share between containers (never a container's own).
+_SHARED_CHAIN = re.compile(r"CNI-(HOSTPORT-(DNAT|SNAT|SETMARK|MASQ)|FORWARD|ADMIN)$")
 
 
 def bridge_conflist(name: str, bridge: str, subnet: str, gateway: str = "") -> dict[str, Any]:
@@ -306,6 +310,9 @@ class NetworkManager:
                 except ValueError:
                     raise InvalidArgument(f"invalid --subnet {subnet!r}: want a CIDR such as 10.90.0.0/24") \
                         from None
+                if net.is_loopback or net.is_multicast or net.is_link_local or net.prefixlen > 30:
+                    raise InvalidArgument(f"invalid --subnet {subnet!r}: want a private range such as "
+                                          "10.90.0.0/24 (not loopback, link-local or multicast; /30 at most)")
                 for u in self._used_subnets():
                     if net.version == u.version and net.overlaps(u):
                         raise FailedPrecondition(f"subnet {net} overlaps {u}, already in use")
@@ -498,6 +505,10 @@ class NetworkManager:
         result = json.loads(row["result"] or "{}") or None
         alive = netns.exists(path)
         self.cni.delete(conf, self._runtime(att, path if alive else ""), result)
+        if not alive:
+            # Without the namespace the bridge plugin cannot learn the address whose NAT rules it made
+            # (it reads them from the container's interface): remove the rules tagged with the container.
+            purge_iptables(self.cni_container_id(ns, id))
         netns.remove(path)
         shutil.rmtree(self.files_dir(ns, id), ignore_errors=True)
         self._forget(ns, id)
@@ -590,6 +601,36 @@ def resolv_conf(dns: Mapping[str, Any], host_file: str = "/etc/resolv.conf") -> 
     if options:
         text += "options " + " ".join(options) + "\n"
     return text
+
+
+def purge_iptables(cni_id: str) -> list[str]:
+    """Delete the iptables rules whose comment names CNI container ``cni_id`` (``id: "<cni_id>"``, as
+    the CNI plugins tag them) and the per-container chains they jump to; the rules deleted."""
+    if shutil.which("iptables-save") is None:
+        return []
+    tag = f'id: \\"{cni_id}\\"'
+    done: list[str] = []
+    for table in ("nat", "filter", "mangle"):
+        out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False,
+                             timeout=30).stdout
+        rules = [ln for ln in out.splitlines() if ln.startswith("-A ") and tag in ln]
+        chains: list[str] = []
+        for ln in rules:
+            args = shlex.split(ln)[1:]
+            if "-j" in args:
+                target = args[args.index("-j") + 1]
+                if target.startswith("CNI-") and target not in chains and not _SHARED_CHAIN.match(target):
+                    chains.append(target)
+            proc = subprocess.run(["iptables", "-w", "-t", table, "-D", *args], capture_output=True,
+                                  check=False, timeout=30)
+            if proc.returncode == 0:
+                done.append(ln)
+        for ch in chains:
+            subprocess.run(["iptables", "-w", "-t", table, "-F", ch], capture_output=True, check=False, timeout=30)
+            subprocess.run(["iptables", "-w", "-t", table, "-X", ch], capture_output=True, check=False, timeout=30)
+    if done:
+        log.info("removed %d iptables rules left for %s", len(done), cni_id)
+    return done
 
 
 def _check_host_ports(ports: Sequence[PortMapping]) -> None:
