@@ -245,8 +245,15 @@ def test_net_modes() -> None:
     assert "hostname" not in host
     none = spec(net="none")
     assert "network" in [n["type"] for n in none["linux"]["namespaces"]]
-    with pytest.raises(InvalidArgument, match="network mode"):
-        spec(net="bridge")
+    # a network's name: a private namespace too (the network plugin gives its path when the task is made)
+    named = spec(net="bridge", publish=["127.0.0.1:8080:80"])
+    assert {"type": "network"} in named["linux"]["namespaces"]
+    with pytest.raises(InvalidArgument, match="--net"):
+        spec(net="no such network!")
+    with pytest.raises(InvalidArgument, match="--net host"):
+        spec(net="host", publish=["8080:80"])
+    with pytest.raises(InvalidArgument, match="-p"):
+        spec(net="bridge", publish=["http"])
 
 
 def test_seccomp_toggle_and_capability_rules() -> None:
