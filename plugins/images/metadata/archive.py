@@ -180,6 +180,25 @@ def _json(data: bytes, what: str) -> Any:
         raise DataLoss(f"{what} is not valid JSON: {e}") from None
 
 
+def _known_entries(desc: Descriptor, data: bytes, where: str) -> list[Descriptor]:
+    """The manifests and indexes an index lists; entries of other media types are skipped, as the
+    image spec says; schema 1 and documents with both index and manifest fields are refused."""
+    kids = imgs.parse_index(desc, data)
+    doc = _json(data, where)
+    if "layers" in doc or "config" in doc:
+        raise DataLoss(f"{where} has manifest fields (layers/config): ambiguous document refused")
+    if not isinstance(doc.get("manifests"), list):
+        raise DataLoss(f"{where} has no manifests list")
+    known: list[Descriptor] = []
+    for k in kids:
+        mt.check_supported(k.media_type, where)
+        if mt.is_index(k.media_type) or mt.is_manifest(k.media_type):
+            known.append(k)
+        else:
+            log.info("import: skipping entry %s of %s: unknown media type %r", k.digest, where, k.media_type)
+    return known
+
+
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -367,32 +386,9 @@ class Importer:
 
     def _plan_oci(self, archive: Archive, index_bytes: bytes, base_name: str | None, index_name: str | None,
                   digests: bool, matcher: plat.Matcher) -> Plan:
-        doc = _json(index_bytes, "index.json")
-        if not isinstance(doc, dict):
-            raise DataLoss("index.json is not a JSON object")
-        own = doc.get("mediaType")
-        if isinstance(own, str) and own and not mt.is_index(own):
-            mt.check_supported(own, "index.json")
-            raise DataLoss(f"index.json has media type {own}, not an image index")
-        if "layers" in doc or "config" in doc:
-            raise DataLoss("index.json has manifest fields (layers/config): ambiguous document refused")
-        raw = doc.get("manifests")
-        if not isinstance(raw, list):
-            raise DataLoss("index.json has no manifests list")
+        index_desc = Descriptor(mt.OCI_INDEX, _sha256(index_bytes), len(index_bytes))
+        entries = _known_entries(index_desc, index_bytes, "index.json")
         plan = Plan()
-        entries: list[Descriptor] = []
-        for i, e in enumerate(raw):
-            if not isinstance(e, dict):
-                raise DataLoss(f"index.json entry {i} is not an object")
-            try:
-                d = Descriptor.from_oci(e)
-            except InvalidArgument as err:
-                raise DataLoss(f"index.json entry {i}: {err}") from None
-            mt.check_supported(d.media_type, f"index.json entry {i}")
-            if not (mt.is_index(d.media_type) or mt.is_manifest(d.media_type)):
-                log.info("import: skipping index.json entry %d of unknown media type %r", i, d.media_type)
-                continue
-            entries.append(d)
         if not entries:
             raise InvalidArgument("the archive's index.json lists no image manifest or index of a known type")
         base = self._base(base_name)
@@ -412,9 +408,8 @@ class Importer:
             for n in names:
                 plan.images.append(Image(name=n, target=d))
         if index_name:
-            idx = Descriptor(mt.OCI_INDEX, _sha256(index_bytes), len(index_bytes))
-            plan.add(Blob(idx, data=index_bytes, labels=imgs.child_gc_labels(idx, entries)))
-            plan.images.append(Image(name=index_name, target=idx))
+            plan.add(Blob(index_desc, data=index_bytes, labels=imgs.child_gc_labels(index_desc, entries)))
+            plan.images.append(Image(name=index_name, target=index_desc))
         if not plan.images:
             raise InvalidArgument(f"no image in the archive is named under {base_name!r}")
         return plan
@@ -428,17 +423,7 @@ class Importer:
         self._check_desc(d, where)
         if mt.is_index(d.media_type):
             data, _ = self._read_json_blob(archive, d, where)
-            kids = imgs.parse_index(d, data)
-            doc = _json(data, f"index {d.digest}")
-            if "layers" in doc or "config" in doc:
-                raise DataLoss(f"index {d.digest} has manifest fields: ambiguous document refused")
-            known = []
-            for k in kids:
-                mt.check_supported(k.media_type, f"index {d.digest}")
-                if mt.is_index(k.media_type) or mt.is_manifest(k.media_type):
-                    known.append(k)
-                else:
-                    log.info("import: skipping entry %s of unknown media type %r", k.digest, k.media_type)
+            known = _known_entries(d, data, f"index {d.digest}")
             plan.add(Blob(d, data=data, labels=imgs.child_gc_labels(d, known)))
             wanted = imgs.select_manifests(known, matcher)
             if known and not wanted and not isinstance(matcher, plat.AnyMatcher):
