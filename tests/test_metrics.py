@@ -167,6 +167,21 @@ def test_daemon_collector_figures() -> None:
     assert value(s, "pyctr_plugin_status", type="snapshot", id="pyctr.snapshot.zfs", status="skipped") == 1
 
 
+def test_oom_events_on_the_bus_are_counted() -> None:
+    from pyctr.events.exchange import Exchange
+    from pyctr.registry import make_plugin_manager
+
+    metrics_api.reset()
+    try:
+        ex = Exchange(make_plugin_manager())  # the installed plugins' hooks, this one's among them
+        ex.publish("default", "/tasks/oom", {"container_id": "web"})
+        ex.publish("default", "/tasks/oom", {"container_id": "web"})
+        ex.publish("default", "/tasks/exit", {"container_id": "web"})
+        assert metrics_api.snapshot()["oom_events"] == {("default", "web"): 2}
+    finally:
+        metrics_api.reset()
+
+
 # -- HTTP endpoint ---------------------------------------------------------------------------------
 
 
@@ -295,6 +310,28 @@ class Env:
     socket: str
     metrics_url: str
     ns: str = "default"
+    daemon: subprocess.Popen[bytes] | None = None
+
+    def start_daemon(self) -> None:
+        port = self.metrics_url.split(":")[2].split("/")[0]
+        with open(self.roots.root.parent / "pyctrd.log", "ab") as log:
+            self.daemon = subprocess.Popen(
+                [pyctrd_executable(), *self.roots.args(), "--address", self.socket, "--metrics-address",
+                 f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT, env=child_env(),
+                start_new_session=True)
+        wait_for_socket(self.socket, self.daemon)
+        assert _wait_for(lambda: _reachable(self.metrics_url)), "the metrics endpoint never answered"
+
+    def stop_daemon(self) -> None:
+        proc, self.daemon = self.daemon, None
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
     def run(self, *args: str, remote: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         addr = ["--address", self.socket] if remote else []
@@ -348,23 +385,12 @@ def env(tmp_root: Roots) -> Iterator[Env]:
     subprocess.run([pyctr_executable(), *tmp_root.args(), "images", "build-busybox"], check=True,
                    capture_output=True, env=child_env(), timeout=120)
     e = Env(tmp_root, parent, sock, f"http://127.0.0.1:{port}/v1/metrics")
-    log = open(tmp_root.root.parent / "pyctrd.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen([pyctrd_executable(), *tmp_root.args(), "--address", sock, "--metrics-address",
-                             f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-                            start_new_session=True)
     try:
-        wait_for_socket(sock, proc)
-        assert _wait_for(lambda: _reachable(e.metrics_url)), "the metrics endpoint never answered"
+        e.start_daemon()
         yield e
     finally:
         _cleanup(e)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        e.stop_daemon()
 
 
 def _reachable(url: str) -> bool:
@@ -430,6 +456,14 @@ def test_daemon_serves_container_and_daemon_metrics(env: Env) -> None:
     cpu2 = value(s, "container_cpu_total_nanoseconds", **cpu)
     assert cpu2 is not None and cpu2 - cpu1 >= 100_000_000, "the CPU burner's usage did not grow"
     assert (value(s, "container_cpu_throttle_periods_total", **cpu) or 0) > 0  # --cpus 0.5: CFS periods
+    # restart-safe: a new daemon reads the same kernel counters (containers outlive the daemon)
+    env.stop_daemon()
+    env.start_daemon()
+    _, s = env.scrape()
+    cpu3 = value(s, "container_cpu_total_nanoseconds", **cpu)
+    assert cpu3 is not None and cpu3 >= cpu2
+    assert value(s, "container_memory_usage_limit_bytes", **mem) == 64 * MiB
+    names, s = env.scrape()
     # daemon families
     assert value(s, "pyctr_plugin_status", id="pyctr.runtime.runc", status="ok") == 1
     assert value(s, "pyctr_containers", namespace="default") == 2
