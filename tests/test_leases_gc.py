@@ -477,3 +477,16 @@ def test_dry_run_reports_the_same_and_removes_nothing(world: World) -> None:
     assert sorted(dry.backend) == sorted(real.backend)
     assert dry.removed_content == real.removed_content and len(real.removed_content) == 4
     assert world.blobs() == set() and world.backend_snapshots() == set()
+
+
+def test_a_backend_snapshot_shared_by_two_namespaces_stays_while_one_records_it(world: World) -> None:
+    bkey = world.snapshot("a", "layer", labels={"containerd.io/gc.root": "1"})
+    with world.db.tx() as tx:  # namespace b linked the same committed layer (containerd.io/snapshot.ref)
+        tx.execute("INSERT INTO snapshots VALUES('b', 'native', 'layer', ?, '', 'committed', '{}', 0, 0)",
+                   (bkey,))
+    res = world.collect()
+    assert res.removed_snapshots == [("native", "layer")]  # b's record: nothing references it
+    assert bkey in world.backend_snapshots()  # a still records it
+    world.db.conn.execute("UPDATE snapshots SET labels='{}' WHERE ns='a'")
+    world.collect()
+    assert world.backend_snapshots() == set()
