@@ -221,9 +221,12 @@ def test_rootfs_mounts_and_already_exists(rt: RuncRuntime, rootfs: Path, tmp_pat
     with pytest.raises(AlreadyExists):
         rt.create(NS, "m", spec, bind_mounts(rootfs), ProcessIO())
     t.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not out.read_text():
+        time.sleep(0.02)
+    assert out.read_text() == "/bin/busybox\n"
     t.delete(force=True)
     assert bundle_rootfs not in mount_points()
-    assert out.read_text() == "/bin/busybox\n"
 
 
 def test_group_shares_one_shim(rt: RuncRuntime, rootfs: Path) -> None:
