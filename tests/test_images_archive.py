@@ -533,3 +533,16 @@ def test_configured_size_limit(tmp_root: Roots, tmp_path: Path) -> None:
         with pytest.raises(InvalidArgument, match="limit of 4096"):
             s.import_archive(NS, lay.tar(tmp_path / "a.tar"), base_name="acc/l", unpack=False)
         assert_empty(s)
+
+
+def test_prune_keeps_images_containers_use(svc: Any, tmp_path: Path) -> None:
+    from pyctr.metadata.containers import Container, ContainerStore, RuntimeInfo
+
+    lay = Layout(tmp_path / "lay")
+    lay.add(lay.image([{"a": b"a"}]), "used")
+    lay.add(lay.image([{"b": b"b"}]), "idle")
+    svc.import_archive(NS, lay.tar(tmp_path / "a.tar"), base_name="acc/p", unpack=False)
+    ContainerStore(svc.md.db).create(NS, Container(id="c1", image="acc/p:used", runtime=RuntimeInfo("runc")))
+    assert svc.prune(NS) == []  # nothing dangling
+    assert svc.prune(NS, all=True, sync=True) == ["acc/p:idle"]
+    assert [i.name for i in svc.list(NS)] == ["acc/p:used"]

@@ -610,7 +610,7 @@ class Importer:
 
     def _write(self, archive: Archive, blob: Blob, lease: str) -> bool:
         """Put ``blob`` into the namespace's content; True if it was not there before."""
-        svc, ns, d = self.svc, self.ns, self.desc_of(blob)
+        svc, ns, d = self.svc, self.ns, blob.desc
         cs = svc.content
         if cs.exists(ns, d.digest):
             with contextlib.suppress(PyctrError):
@@ -685,10 +685,6 @@ class Importer:
             return True
         rows = db.query("SELECT digest FROM content WHERE ns=? AND labels LIKE ?", (self.ns, f"%{digest}%"))
         return any(r[0] not in mine for r in rows)
-
-    @staticmethod
-    def desc_of(blob: Blob) -> Descriptor:
-        return blob.desc
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -23,14 +23,13 @@ from pyctr.content import Descriptor
 from pyctr.errdefs import AlreadyExists, InvalidArgument, NotFound, PyctrError
 from pyctr.images import Image
 from pyctr.metadata.images import ImageStore
+from pyctr.metadata.namespaces import LABEL_DEFAULT_SNAPSHOTTER
 
 if TYPE_CHECKING:
     from .unpack import UnpackSession
 
 log = logging.getLogger("pyctr.plugin.pyctr.images.metadata")
 
-LABEL_DEFAULT_SNAPSHOTTER = "containerd.io/defaults/snapshotter"
-LABEL_GC_EXPIRE = "containerd.io/gc.expire"
 #: how long an import's or unpack's lease keeps its content if the process dies mid-way
 LEASE_EXPIRY_S = 24 * 3600
 
@@ -187,7 +186,7 @@ class ImageService:
         the configured one, else the store's default."""
         if name:
             return name
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(NotFound):
             labels = self.md.namespaces.labels(ns)
             if labels.get(LABEL_DEFAULT_SNAPSHOTTER):
                 return str(labels[LABEL_DEFAULT_SNAPSHOTTER])
@@ -283,20 +282,11 @@ class ImageService:
     # -- inspection ------------------------------------------------------------------------------
 
     def _platforms(self, ns: str, target: Descriptor) -> builtins.list[str]:
+        """``os/arch[/variant]`` of each manifest an index lists (or of a manifest's config)."""
         try:
             if mt.is_index(target.media_type):
                 kids = imgs.parse_index(target, self.read_blob(ns, target))
-                out: builtins.list[str] = []
-                for k in kids:
-                    if k.platform:
-                        s = plat.format_platform(plat.from_any(k.platform))
-                    elif mt.is_manifest(k.media_type):
-                        s = "unknown"
-                    else:
-                        continue
-                    if s not in out:
-                        out.append(s)
-                return out
+                return imgs.index_platforms([k for k in kids if k.platform or mt.is_manifest(k.media_type)])
             if mt.is_manifest(target.media_type):
                 config, _ = imgs.parse_manifest(target, self.read_blob(ns, target))
                 cfg = imgs.parse_config(self.read_blob(ns, config))
@@ -419,11 +409,9 @@ class ImageService:
 
     def images_in_use(self, ns: str) -> set[str]:
         """Names of images that containers in ``ns`` were made from."""
-        db = self.md.db
-        if db.query_one("SELECT 1 FROM sqlite_master WHERE type='table' AND name='containers'") is None:
-            return set()
-        rows = db.query("SELECT DISTINCT image FROM containers WHERE ns=? AND image!=''", (ns,))
-        return {r[0] for r in rows}
+        from pyctr.metadata.containers import ContainerStore
+
+        return {c.image for c in ContainerStore(self.md.db).list(ns) if c.image}
 
     def prune(self, ns: str, all: bool = False, *, sync: bool = False) -> builtins.list[str]:
         """Remove images no container uses.  Without ``all`` only *dangling* ones: records whose

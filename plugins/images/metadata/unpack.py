@@ -76,7 +76,6 @@ class Unpacker:
     def __init__(self, svc: ImageService, ns: str, snapshotter: str, lease: str | None) -> None:
         self.svc = svc
         self.ns = ns
-        self.sn_name = snapshotter
         self.sn = svc.md.snapshotter(snapshotter)
         self.sn_short = snapshotter.rsplit(".", 1)[-1]
         self.lease = lease
