@@ -176,6 +176,10 @@ def test_exec_pause_resume_pids(rt: RuncRuntime, rootfs: Path, tmp_path: Path) -
     assert out.read_text() == "from-exec\n"
     assert t.state("e1").status == TaskStatus.STOPPED
     assert t.delete(exec_id="e1").exit_status == 3
+    ev = [json.loads(x) for x in (rt.bundle(NS, "ex").path / "events.jsonl").read_text().splitlines()]
+    order = [(e["topic"], e["event"].get("exec_id") or e["event"].get("id")) for e in ev]
+    assert order.index(("/tasks/exec-added", "e1")) < order.index(("/tasks/exec-started", "e1")) \
+        < order.index(("/tasks/exit", "e1"))
     with pytest.raises(NotFound):
         t.state("e1")
     with pytest.raises(CommandNotFound):

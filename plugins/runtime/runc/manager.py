@@ -90,11 +90,21 @@ def _boot_paths() -> tuple[list[str], list[tuple[str, list[str]]]]:
 
 
 class RuncRuntime:
-    """The ``pyctr.runtime.runc`` plugin instance."""
+    """The ``pyctr.runtime.runc`` plugin instance.
+
+    :param state: the plugin's state directory (bundles, runc root, shim sockets and logs).
+    :param runc_root: runc's ``--root`` (default ``<state>/runc``; per namespace below it).
+    :param cgroup_parent: containers go to ``<cgroup_parent>/<ns>/<id>`` unless the spec says otherwise.
+    :param zygote: fork shims from a warm parent; ``zygote_idle`` seconds before it exits unused.
+    :param stdio_copy: always copy output through the shim (never hand a destination to the container).
+    :param default_group: the shim group of tasks created without one ("": one shim per task).
+    :param load: find running tasks and settle dead shims now (:meth:`load`).
+    """
 
     def __init__(self, state: Path, *, runc_binary: str = "runc", runc_root: str = "",
                  cgroup_parent: str = "/pyctr", shim_debug: bool = False, zygote: bool = True,
-                 zygote_idle: float = 600.0, stdio_copy: bool = False, load: bool = True) -> None:
+                 zygote_idle: float = 600.0, stdio_copy: bool = False, default_group: str = "",
+                 load: bool = True) -> None:
         self.state = Path(state)
         self.runc_binary = runc_binary
         self.runc_root = Path(runc_root) if runc_root else self.state / "runc"
@@ -102,6 +112,7 @@ class RuncRuntime:
         self.shim_debug = shim_debug
         self.zygote = zygote
         self.stdio_copy = stdio_copy
+        self.default_group = default_group
         self.zygote_idle = zygote_idle
         self._children: list[subprocess.Popen[bytes]] = []
         resolved = shutil.which(runc_binary)
@@ -333,7 +344,7 @@ class RuncRuntime:
                io: ProcessIO, group: str | None = None) -> RuncTask:
         validate_identifier(ns, "namespace")
         validate_identifier(id, "task id")
-        group = group or id
+        group = group or self.default_group or id
         validate_identifier(group, "shim group")
         b = self.bundle(ns, id)
         if b.path.exists():

@@ -23,6 +23,7 @@ def _init(ctx: InitContext) -> Any:
         shim_debug=bool(ctx.config["shim_debug"]),
         zygote=bool(ctx.config["shim_zygote"]),
         stdio_copy=bool(ctx.config["stdio_copy"]),
+        default_group=str(ctx.config["default_group"]),
     )
 
 
@@ -36,8 +37,10 @@ def pyctr_plugin_registrations() -> list[Registration]:
             # stdio_copy: the shim copies output even when it could hand the destination (a FIFO, a
             # file, the caller's fd) to the container, as containerd's shim always does.
             # shim_zygote: shims are forked from a warm parent (fast start, shared memory).
+            # default_group: "" gives each task its own shim (as containerd); a name puts every task of
+            # a namespace created without a group into that one shim (0.1 MB per task instead of 1.9).
             config={"runc_binary": "runc", "runc_root": "", "cgroup_parent": "/pyctr", "shim_debug": False,
-                    "shim_zygote": True, "stdio_copy": False},
+                    "shim_zygote": True, "stdio_copy": False, "default_group": ""},
             platforms=("linux/amd64", "linux/arm64", "linux/arm/v7", "linux/ppc64le", "linux/s390x",
                        "linux/riscv64", "linux/386"),
             description="Tasks run by runc, supervised by pyctr shims (grouping, restart-safe).",
