@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=("containers", "cgroups"), default="containers")
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--naive", action="store_true",
+                    help="for comparison: open/read/close every file and render through prometheus_client")
     ap.add_argument("--append", help="append the result table to this markdown file")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -174,15 +176,27 @@ def main() -> None:
         ctx = containers(a.n, Path(tmp)) if a.mode == "containers" else bare_cgroups(a.n)
         with ctx as m:
             cc = m.containers
-            totals, reads, size = measure(m.render_bytes, cc, a.repeat)
+            render = m.render_bytes
+            if a.naive:
+                from prometheus_client import CollectorRegistry, generate_latest
+
+                cc.reader.max_fds = 0
+                reg = CollectorRegistry(auto_describe=False)
+                reg.register(cc)
+
+                def render() -> bytes:
+                    return generate_latest(reg)
+
+            totals, reads, size = measure(render, cc, a.repeat)
             seen = cc.last_count
     if seen != a.n:
         raise SystemExit(f"the scrape saw {seen} containers, not {a.n}")
     ms = [x * 1000 for x in totals]
     rms = [x * 1000 for x in reads]
-    line = (f"| {a.mode} | {a.n} | cgroup v{cgroups.version()} | {statistics.median(ms):.1f} | {min(ms):.1f} | "
+    mode = a.mode + (" (naive)" if a.naive else "")
+    line = (f"| {mode} | {a.n} | cgroup v{cgroups.version()} | {statistics.median(ms):.1f} | {min(ms):.1f} | "
             f"{max(ms):.1f} | {statistics.median(rms):.1f} | {size // 1024} KiB |")
-    print(f"{a.n} containers ({a.mode}), {a.repeat} scrapes: median {statistics.median(ms):.1f} ms "
+    print(f"{a.n} containers ({mode}), {a.repeat} scrapes: median {statistics.median(ms):.1f} ms "
           f"(min {min(ms):.1f}, max {max(ms):.1f}); cgroup reads alone median {statistics.median(rms):.1f} ms; "
           f"exposition {size} bytes")
     if a.append:
