@@ -534,3 +534,15 @@ def test_load_spares_creates_in_flight(tmp_path: Path) -> None:
     os.utime(b / "config.json", (old, old))
     with runtime(state):
         assert not b.exists(), "load() left an abandoned bundle"
+
+
+def test_default_group_shares_a_shim(tmp_path: Path, rootfs: Path) -> None:
+    need_runc()
+    with runtime(tmp_path / "state", default_group="shared") as rt:
+        a = rt.create(NS, "a", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO())
+        b = rt.create(NS, "b", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO())
+        c = rt.create(NS, "c", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO(), group="own")
+        assert a.state().shim_pid == b.state().shim_pid != c.state().shim_pid
+        assert a.state().group == "shared" and c.state().group == "own"
+        for t in (a, b, c):
+            t.delete(force=True)
