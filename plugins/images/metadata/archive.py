@@ -55,6 +55,7 @@ from pyctr.errdefs import (
     AlreadyExists,
     Conflict,
     DataLoss,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     NotImplementedErr,
@@ -612,9 +613,8 @@ class Importer:
         """Put ``blob`` into the namespace's content; True if it was not there before."""
         svc, ns, d = self.svc, self.ns, blob.desc
         cs = svc.content
+        svc.lease_add(ns, lease, "content", d.digest)  # held before it exists: the GC never sees it bare
         if cs.exists(ns, d.digest):
-            with contextlib.suppress(PyctrError):
-                svc.lease_add(ns, lease, "content", d.digest)
             svc.set_blob_labels(ns, d.digest, blob.labels)
             return False
         ref = f"import-{imgs.ingest_ref(d)}"
@@ -634,8 +634,6 @@ class Importer:
                 waited += delay
                 delay = min(delay * 2, 2.0)
                 if cs.exists(ns, d.digest):
-                    with contextlib.suppress(PyctrError):
-                        svc.lease_add(ns, lease, "content", d.digest)
                     svc.set_blob_labels(ns, d.digest, blob.labels)
                     return False
         committed = False
@@ -662,20 +660,12 @@ class Importer:
             except AlreadyExists:
                 svc.set_blob_labels(ns, d.digest, blob.labels)
             committed = True
-        except PyctrError as e:
-            if isinstance(e, DataLoss):
-                raise
-            from pyctr.errdefs import FailedPrecondition
-
-            if isinstance(e, FailedPrecondition):
-                raise DataLoss(f"blob {d.digest} in the archive does not match its descriptor: {e}") from None
-            raise
+        except FailedPrecondition as e:  # the store's size or digest check at commit
+            raise DataLoss(f"blob {d.digest} in the archive does not match its descriptor: {e}") from None
         finally:
             if not committed:
                 with contextlib.suppress(Exception):
                     w.abort()
-        with contextlib.suppress(PyctrError):
-            svc.lease_add(ns, lease, "content", d.digest)
         return True
 
     def _referenced_elsewhere(self, digest: str, mine: set[str]) -> bool:
