@@ -14,12 +14,14 @@ object; back-references ``containerd.io/gc.bref.{container,content,image,snapsho
 make it reachable from the object they name.  A lease labelled ``containerd.io/gc.flat`` keeps the
 objects it holds (and a snapshot's parents) but not what their labels reference.
 
-**Sweep**: in one write transaction, every unreachable record goes (content records, snapshot records
+**Sweep**: in one write transaction (held from the mark on, so nothing changes in between), every
+unreachable record goes (content records, snapshot records
 children first, expired images, expired leases, expired ingests); containers are never collected.  After
 the commit the backends are cleaned: a blob that no namespace records any more is deleted from the
 content backend, a backend snapshot whose record went is removed (leaves first), and backend blobs and
 snapshots that no record names at all (orphans), older than a grace period, go too.  A failure on one
-object is recorded in :attr:`GCResult.errors` and the collection goes on.
+object is recorded in :attr:`GCResult.errors` and the collection goes on.  ``dry_run`` runs the same
+sweep and rolls it back, and touches no backend: the result says what a collection would remove.
 
 Tables are read only if they exist, so the collector works whichever stores are installed.
 """
@@ -192,10 +194,12 @@ def label_refs(ns: str, labels: Mapping[str, str]) -> tuple[list[Node], list[Nod
 
 @dataclass
 class _Graph:
+    """Every record of the store, as nodes and edges."""
+
     labels: dict[Node, dict[str, str]] = field(default_factory=dict)
     parent: dict[Node, Node] = field(default_factory=dict)  # snapshot -> parent snapshot
-    target: dict[Node, Node] = field(default_factory=dict)  # image -> content; container -> snapshot;
-    # ingest -> content
+    # image -> content, container -> snapshot, ingest -> content (its expected digest)
+    target: dict[Node, Node] = field(default_factory=dict)
     backend_key: dict[Node, str] = field(default_factory=dict)  # snapshot -> backend key
     brefs: dict[Node, list[Node]] = field(default_factory=dict)  # X -> objects X keeps (back-references)
     roots: list[tuple[Node, bool]] = field(default_factory=list)  # (node, flat)
