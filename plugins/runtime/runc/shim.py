@@ -511,7 +511,9 @@ class Shim:
         try:
             actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(stdio)]
             try:
-                pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions)
+                # the shim ignores SIGPIPE, SIGTERM ...: runc and the containers must not inherit that
+                pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=actions,
+                                      setsigdef=_DEFAULT_SIGNALS, setsigmask=())
             except OSError as e:
                 raise ShimError("failed_precondition", f"cannot run {argv[0]!r}: {e.strerror}") from None
             _, status = os.waitpid(pid, 0)
@@ -953,6 +955,8 @@ class Shim:
 
 
 _PARKED = object()
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXFSZ,
+                    signal.SIGCHLD)
 
 
 _ESC = {i: f"\\u{i:04x}" for i in range(32)} | {34: '\\"', 92: "\\\\", 10: "\\n", 13: "\\r", 9: "\\t"}
