@@ -163,8 +163,7 @@ class ImageService:
         when the block ends, whatever happens."""
         leases = self.md.leases
         lease_id = f"pyctr-{purpose}-{uuid.uuid4().hex[:12]}"
-        lease = leases.create(ns, lease_id, ttl=LEASE_EXPIRY_S)
-        lid = str(getattr(lease, "id", lease_id))
+        lid: str = leases.create(ns, lease_id, ttl=LEASE_EXPIRY_S).id
         try:
             yield lid
         finally:
