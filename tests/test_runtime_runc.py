@@ -546,3 +546,30 @@ def test_default_group_shares_a_shim(tmp_path: Path, rootfs: Path) -> None:
         assert a.state().group == "shared" and c.state().group == "own"
         for t in (a, b, c):
             t.delete(force=True)
+
+
+def test_stale_zygote_is_replaced(tmp_path: Path, rootfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need_runc()
+    from pyctr.plugins.runtime.runc import manager
+
+    with runtime(tmp_path / "state") as rt:
+        monkeypatch.setattr(manager, "_code_id", lambda: "older-code")
+        rt._start_zygote()
+        deadline = time.monotonic() + 5
+        old = None
+        while time.monotonic() < deadline and not old:
+            old = rt.client(rt.zygote_address).ping(timeout=1.0)
+            time.sleep(0.05)
+        assert old
+        monkeypatch.undo()
+        t = rt.create(NS, "s", busybox_spec(rootfs, ["true"]), [], ProcessIO())
+        assert wait_gone(int(old["zygote_pid"])), "the stale zygote did not leave"
+        t.start()
+        assert t.wait(timeout=20).exit_status == 0
+        t.delete()
+        new = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not new:
+            new = rt.client(rt.zygote_address).ping(timeout=1.0)
+            time.sleep(0.05)
+        assert new and new["zygote_pid"] != old["zygote_pid"]

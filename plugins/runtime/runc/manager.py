@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -235,7 +236,7 @@ class RuncRuntime:
             if self.zygote:
                 try:
                     ShimClient(self.zygote_address, timeout=5.0).call(
-                        "spawn", {"cfg": cfg}, fds=[sock.fileno()], dedicated=True)
+                        "spawn", {"cfg": cfg, "code": _code_id()}, fds=[sock.fileno()], dedicated=True)
                     return
                 except PyctrError:
                     self._start_zygote()  # for the next shims; this one starts cold
@@ -263,7 +264,8 @@ class RuncRuntime:
             sock.listen(64)
             logs = self.state / "shims"
             logs.mkdir(exist_ok=True, mode=0o700)
-            self._boot({"zygote": True, "address": address, "idle": self.zygote_idle}, sock.fileno(),
+            self._boot({"zygote": True, "address": address, "idle": self.zygote_idle, "code": _code_id()},
+                       sock.fileno(),
                        logs / "zygote.log")
         except OSError as e:
             log.warning("cannot start the shim zygote: %s", e)
@@ -538,6 +540,23 @@ class RuncRuntime:
             self._event_sock.close()
             with contextlib.suppress(OSError):
                 os.unlink(self._event_address)
+
+
+@functools.cache
+def _code_id() -> str:
+    """What the shim code is (sizes and times of its files): a zygote of other code is replaced."""
+    here = Path(__file__).parent
+    files = [here / "shim.py", here / "runc.py"]
+    import pyctr._speedups
+
+    for d in pyctr._speedups.__path__:
+        files.extend(sorted(Path(d).glob("*shimio*")))
+    parts = []
+    for f in files:
+        with contextlib.suppress(OSError):
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _ping(address: str) -> dict[str, Any] | None:

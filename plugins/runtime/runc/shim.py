@@ -1099,6 +1099,8 @@ class Zygote:
         self.idle = float(cfg.get("idle", 600.0))
         self.listener = socket.socket(fileno=int(cfg["listen_fd"]))
         self.ino = os.stat(self.address).st_ino
+        self.code = str(cfg.get("code", ""))
+        self.stale = False
 
     def run(self) -> None:
         import gc
@@ -1131,6 +1133,9 @@ class Zygote:
                     self._serve(conn)
                 except Exception as e:
                     _log(f"zygote: {type(e).__name__}: {e}")
+            if self.stale:
+                _log("zygote exiting (stale code)")
+                return
         _log("zygote exiting (idle)")
         with contextlib.suppress(OSError):
             if self._still_mine():
@@ -1159,6 +1164,13 @@ class Zygote:
             rid = req.get("id")
             if req.get("method") == "connect":
                 reply: dict[str, Any] = {"id": rid, "result": {"zygote_pid": os.getpid()}}
+            elif req.get("method") == "spawn" and req["params"].get("code") != self.code:
+                # pyctr was upgraded (or edited) since this zygote started: make way for a new one
+                reply = {"id": rid, "error": {"code": "failed_precondition", "message": "zygote: stale code"}}
+                with contextlib.suppress(OSError):
+                    if self._still_mine():
+                        os.unlink(self.address)
+                self.stale = True
             elif req.get("method") == "spawn" and len(fds) == 1:
                 cfg = dict(req["params"]["cfg"])
                 cfg["listen_fd"] = fds[0]
