@@ -121,6 +121,11 @@ class MetadataDB:
             except Exception:
                 log.warning("after-commit callback failed", exc_info=True)
 
+    @property
+    def in_transaction(self) -> bool:
+        """Whether this thread is inside :meth:`tx`."""
+        return bool(getattr(self._local, "depth", 0))
+
     def query(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         """Run a read-only statement (inside the current transaction, if any)."""
         return self.conn.execute(sql, params).fetchall()

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errdefs import NotFound
+from ..errdefs import FailedPrecondition, NotFound
 from .db import MetadataDB, Tx, now_ns
 from .leases import LABEL_GC_EXPIRE, LABEL_GC_FLAT, RESOURCE_SNAPSHOTS_PREFIX, expire_at_ns
 
@@ -414,6 +414,9 @@ def collect(
     :param orphan_grace: backend objects with no record are removed only when older than this (s).
     :param dry_run: report what would be removed and remove nothing (the sweep runs and is rolled back).
     """
+    if db.in_transaction:
+        # the sweep would join the caller's transaction and the backends be cleaned before it commits
+        raise FailedPrecondition("garbage collection cannot run inside a metadata transaction")
     started = time.monotonic()
     res = GCResult()
     when = now_ns() if now is None else now
