@@ -222,10 +222,10 @@ def attached(task: Task, tty: bool, exec_id: str = "", on_started: Callable[[], 
         att.task, att.exec_id = task, exec_id
         att.setup_signals()
         att.raw()
+        att.resize()  # the pty exists once the process is created: size it before it runs, as ctr does
         task.start(exec_id)
         if on_started is not None:
             on_started()
-        att.resize()
         while True:
             try:
                 return int(task.wait(exec_id=exec_id).exit_status)

@@ -359,3 +359,15 @@ def test_run_zygote_staleness(tmp_path: Path) -> None:
     f.unlink()
     assert runzygote._stale(mt)
     assert all(k.endswith(".py") for k in runzygote._source_mtimes())
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a pty")
+def test_tty_gets_a_pty_of_the_callers_size(env: Env) -> None:
+    import shlex
+
+    cmd = shlex.join(env.cmd("run", "--rm", "-t", IMAGE, "sh", "-c", "tty; stty size; echo $TERM; exit 4"))
+    p = subprocess.run(["script", "-qec", f"stty cols 77 rows 21; {cmd}", "/dev/null"], capture_output=True,
+                       text=True, env=child_env(), timeout=60)
+    lines = [ln.strip() for ln in p.stdout.splitlines() if ln.strip()]
+    assert p.returncode == 4, p.stdout + p.stderr
+    assert lines[-3:] == ["/dev/pts/0", "21 77", "xterm"]
