@@ -495,7 +495,7 @@ def test_a_backend_snapshot_shared_by_two_namespaces_stays_while_one_records_it(
 def test_collect_refuses_to_run_inside_a_transaction(world: World) -> None:
     from pyctr.errdefs import FailedPrecondition
 
-    blob = world.put(b"not yet")
+    blob = world.put("default", b"not yet")
     with pytest.raises(FailedPrecondition, match="inside a metadata transaction"), world.db.tx():
         world.collect()
     assert blob in world.blobs()
