@@ -251,6 +251,8 @@ def test_group_shares_one_shim(rt: RuncRuntime, rootfs: Path) -> None:
     tasks[-1].wait(timeout=20)
     tasks[-1].delete()
     assert wait_gone(shim), "the shim did not exit after its last task"
+    logs = [p.name for p in (rt.state / "shims").iterdir()]
+    assert set(logs) <= {"zygote.log"}, logs  # a cleanly exited shim leaves no log behind
 
 
 def test_shim_killed_is_detected(rt: RuncRuntime, rootfs: Path) -> None:

@@ -179,7 +179,8 @@ class RuncRuntime:
         address = self.shim_address(ns, group)
         if self.client(address).ping() is not None:
             return address, False
-        lock_fd = os.open(f"{address}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # one lock for every spawn (a few ms each): per-group lock files would pile up
+        lock_fd = os.open(self.sock_dir / "spawn.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             if os.path.exists(address):

@@ -260,7 +260,12 @@ class Shim:
         self.listener.close()
         for c in list(self.conns.values()):
             c.sock.close()
-        _log("exiting: no containers left")
+        log = self.cfg.get("log")
+        if log and not self.debug:
+            with contextlib.suppress(OSError):
+                os.unlink(str(log))  # a clean exit: nothing to keep (a crashed shim's log stays)
+        else:
+            _log("exiting: no containers left")
 
     # -- signals and exits -------------------------------------------------------------------------
 
