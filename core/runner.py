@@ -226,6 +226,8 @@ def attached(task: Task, tty: bool, exec_id: str = "", on_started: Callable[[], 
         task.start(exec_id)
         if on_started is not None:
             on_started()
+        if exec_id:
+            att.resize()  # an exec's pty only exists once it has started
         while True:
             try:
                 return int(task.wait(exec_id=exec_id).exit_status)
