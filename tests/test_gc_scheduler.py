@@ -292,3 +292,13 @@ def test_the_daemon_hooks_start_and_stop_the_timer(tmp_path: Path) -> None:
         assert not sched.running
     finally:
         engine.close()
+
+
+def test_a_daemons_scheduler_does_not_collect_at_close(store: Store) -> None:
+    blob = store.put(b"left for the next start")
+    sched = store.scheduler(interval=0, startup_delay_ms=60_000)
+    sched.start()
+    sched.stop()  # the daemon stops it on shutdown...
+    store.content.delete("default", blob)
+    sched.close()  # ...and closing does not run a collection on the way out
+    assert blob in store.blobs()

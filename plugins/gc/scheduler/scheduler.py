@@ -73,6 +73,7 @@ class GCScheduler:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
+        self._started_once = False  # a daemon's scheduler: close() leaves pending work to the next start
         self._runs_started = 0
         self._runs_done = 0
         self._last_failed = False
@@ -197,6 +198,7 @@ class GCScheduler:
             if self.running or self._closed:
                 return
             self._stopping = False
+            self._started_once = True
             now = time.monotonic()
             self._trigger_at = now + self.startup_delay
             if self.interval > 0:
@@ -214,15 +216,15 @@ class GCScheduler:
         self._thread = None
 
     def close(self) -> None:
-        """Stop the thread; in one-shot use, collect what deletions left behind (``collect_on_close``)."""
-        was_running = self.running
+        """Stop the thread; in one-shot use (never started), collect what deletions left behind
+        (``collect_on_close``)."""
         self.stop()
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             pending = self._dirty or self._trigger_at is not None
-        if pending and not was_running and self.collect_on_close:
+        if pending and not self._started_once and self.collect_on_close:
             try:
                 self.collect()
             except Exception:
