@@ -118,8 +118,6 @@ def label(
 
     o = opts(ctx)
     svc = service(o.client())
-    if labels:
-        c = svc.set_labels(o.namespace, container, parse_labels(labels))
-    else:
-        c = svc.get(o.namespace, container)
+    ns = o.namespace
+    c = svc.set_labels(ns, container, parse_labels(labels)) if labels else svc.get(ns, container)
     print(labels_str(c.labels))
