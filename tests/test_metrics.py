@@ -515,3 +515,61 @@ def test_oom_kill_is_counted(env: Env) -> None:
     assert p.returncode == 137, (p.returncode, p.stderr)
     _, s = env.scrape()
     assert not [n for n, v in s.items() for lab, _ in v if lab.get("container_id") == "oomi"]
+
+
+def test_a_stuck_scrape_does_not_block_the_api(tmp_root: Roots) -> None:
+    """A collector that hangs holds up its scrape only: the daemon's RPC keeps answering, the metrics
+    plugin's own calls included."""
+    import threading
+
+    from pyctr import config as _config
+    from pyctr.client import Client
+    from pyctr.engine import Engine
+    from pyctr.errdefs import NotFound
+    from pyctr.registry import make_plugin_manager
+    from pyctr.rpc.server import RootService, RPCServer
+
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Stuck:
+        @hookimpl
+        def pyctr_metrics_collectors(self, engine: Any) -> list[Any]:
+            class C:
+                def collect(self) -> Iterator[Any]:
+                    entered.set()
+                    release.wait(30)
+                    yield from ()
+
+            return [C()]
+
+    pm = make_plugin_manager()
+    pm.register(Stuck(), name="stuck-metrics")
+    cfg = _config.load(str(tmp_root.config), root=str(tmp_root.root), state=str(tmp_root.state))
+    engine = Engine(cfg, plugin_manager=pm)
+    sock = str(tmp_root.state / "rpc.sock")
+    server = RPCServer(RootService(engine, {}), sock, request_hook=metrics_api.rpc_request_hook)
+    server.listen()
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    m = engine.plugin("metrics")
+    m.attach(engine)
+    host, port = m.start_server("127.0.0.1:0")
+    scrape = threading.Thread(target=_get, args=(f"http://{host}:{port}/v1/metrics",), daemon=True)
+    try:
+        scrape.start()
+        assert entered.wait(10), "the scrape never reached the collector"
+        with Client(address=sock) as c:
+            t0 = time.monotonic()
+            assert c.version() is not None
+            remote = c.plugin("metrics")
+            with pytest.raises(NotFound, match="no task"):
+                remote.container_stats("default", "nothing")
+            assert time.monotonic() - t0 < 2.0
+        assert scrape.is_alive()  # still stuck in the collector
+    finally:
+        release.set()
+        scrape.join(10)
+        m.stop_server()
+        server.shutdown(grace=1.0)
+        engine.close()
