@@ -265,9 +265,14 @@ def test_read_only_rootfs(env: Env) -> None:
     assert env.run("run", "--rm", IMAGE, "touch", "/x").returncode == 0
 
 
-def test_memory_limit_visible_inside(env: Env) -> None:
-    script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"
-    assert env.ok("run", "--rm", "--memory", "64m", IMAGE, "sh", "-c", script) == f"{64 << 20}\n"
+def test_resource_limits_visible_inside(env: Env) -> None:
+    script = ("cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; "
+              "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; "
+              "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max")
+    out = env.ok("run", "--rm", "--memory", "64m", "--pids-limit", "20", "--cpus", "0.5", IMAGE, "sh", "-c", script)
+    assert out == f"{64 << 20}\n20\n50000\n"
+    caps = env.ok("run", "--rm", "--privileged", IMAGE, "grep", "CapEff", "/proc/self/status").split()[1]
+    assert int(caps, 16) == int(Path("/proc/self/status").read_text().split("CapBnd:")[1].split()[0], 16)
 
 
 def test_seccomp_default_and_unconfined(env: Env) -> None:
