@@ -45,6 +45,7 @@ from typing import Any
 
 from pyctr.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PyctrError
 from pyctr.metadata.db import MetadataDB, now_ns, register_migrations
+from pyctr.mount import mount_points
 from pyctr.network import (
     Attachment,
     PortMapping,
@@ -518,11 +519,15 @@ class NetworkManager:
         """Detach what a crash left: attachments whose namespace is gone (or, with ``alive``, whose
         container has no task any more).  Returns ``ns/id`` of those detached."""
         done: list[str] = []
+        atts = self.attachments()
+        if not atts:
+            return done
         cutoff = now_ns() - STALE_ATTACHING_NS
-        for a in self.attachments():
+        mounted = set(mount_points())  # read once: a netns file is alive while it is a mount point
+        for a in atts:
             if a.state == "attaching" and a.created_at > cutoff:
                 continue  # another process is attaching it right now
-            gone = not netns.exists(a.netns)
+            gone = os.path.realpath(a.netns) not in mounted
             if not gone and alive is not None:
                 gone = not alive(a.namespace, a.container_id)
             if not gone:
