@@ -298,6 +298,15 @@ class CgroupReader:
             self._drop(path)
             raise
 
+    def frozen(self, path: str, cgroup_version: int | None = None) -> bool:
+        """Whether the cgroup is frozen (a paused container), from a file kept open too."""
+        rel = _rel(path)
+        self._current = self._fds.setdefault(path, {})
+        if (cgroup_version or version(self.root)) == 2:
+            return bool(_kv(self._pread(f"{self.root}/{rel}/cgroup.events")).get(b"frozen"))
+        data = self._pread(f"{self.root}/freezer/{rel}/freezer.state")
+        return data is not None and data.strip() in (b"FROZEN", b"FREEZING")
+
     def _pread(self, file: str) -> bytes | None:
         files = self._current
         fd = files.get(file)

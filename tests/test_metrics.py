@@ -93,7 +93,7 @@ def test_container_collector_on_recorded_v2_files() -> None:
     assert value(s, "container_memory_usage_limit_bytes", **paused) is None
     ids = {lab["container_id"] for samples in s.values() for lab, _ in samples}
     assert ids == {"web", "paused"}
-    assert cc.last_count == 2
+    assert cc.last_count == 2 and cc.frozen == {("default", "paused")}
 
 
 def test_oom_notifications_count_when_the_cgroup_does_not() -> None:
@@ -484,6 +484,15 @@ def test_daemon_serves_container_and_daemon_metrics(env: Env) -> None:
             or 0) >= 3
     assert (value(s, "pyctr_rpc_errors_total", service="PrometheusMetrics", method="container_stats",
                   code="not_found") or 0) >= 1
+    # a paused task is counted as paused (its freezer), and keeps its series
+    env.ok("tasks", "pause", "mem")
+    try:
+        _, s = env.scrape()
+        assert value(s, "pyctr_tasks", namespace="default", status="paused") == 1
+        assert value(s, "pyctr_tasks", namespace="default", status="running") == 1
+        assert value(s, "container_memory_usage_limit_bytes", **mem) == 64 * MiB
+    finally:
+        env.ok("tasks", "resume", "mem")
     # a stopped container's series are gone at the next scrape
     env.ok("tasks", "kill", "-s", "KILL", "cpu")
     assert env.ok("tasks", "wait", "cpu").strip() == "137"

@@ -145,6 +145,7 @@ class ContainerCollector:
         self.last_duration = 0.0  # seconds the previous read_all took
         self.last_count = 0
         self.errors = 0
+        self.frozen: set[tuple[str, str]] = set()  # (namespace, id) of paused tasks, by the last read_all
 
     def read_all(self) -> list[tuple[TaskRef, CgroupStats]]:
         """The statistics of every task that is not stopped and whose cgroup still holds a process."""
@@ -152,6 +153,7 @@ class ContainerCollector:
         version = cgroups.version(self.root)
         out: list[tuple[TaskRef, CgroupStats]] = []
         seen: list[str] = []
+        frozen: set[tuple[str, str]] = set()
         for ref in self._tasks():
             if ref.status == "stopped":
                 continue
@@ -168,7 +170,10 @@ class ContainerCollector:
                      else cgroups.populated(ref.cgroup, self.root, version))
             if alive:
                 out.append((ref, st))
+                if self.reader.frozen(ref.cgroup, version):
+                    frozen.add((ref.namespace, ref.id))
         self.reader.retain(seen)
+        self.frozen = frozen
         self.last_duration = time.perf_counter() - t0
         self.last_count = len(out)
         return out
@@ -321,9 +326,11 @@ class DaemonCollector:
         yield g
         g = GaugeMetricFamily("pyctr_tasks", "Tasks, per namespace and status", labels=["namespace", "status"])
         by: dict[tuple[str, str], int] = {}
+        frozen = self._cc.frozen if self._cc is not None else set()
         with contextlib.suppress(Exception):
             for r in self._tasks():
-                by[(r.namespace, r.status)] = by.get((r.namespace, r.status), 0) + 1
+                status = "paused" if r.status == "running" and (r.namespace, r.id) in frozen else r.status
+                by[(r.namespace, status)] = by.get((r.namespace, status), 0) + 1
         for (ns, status), n in sorted(by.items()):
             g.add_metric([ns, status], n)
         yield g
