@@ -288,7 +288,7 @@ def run_container(client: Client, ns: str, image: str, args: list[str] | None, *
     svc = service(client)
     cid = name or new_id()
     ensure_image(client, ns, image)
-    svc.create_container(ns, cid, image, ro, snapshotter=flags.get("snapshotter") or None,
+    svc.create_container(ns, cid, image, ro.to_dict(), snapshotter=flags.get("snapshotter") or None,
                          runtime=flags.get("runtime") or "", labels=labels)
     log_uri = flags.get("log_uri") or ""
     try:

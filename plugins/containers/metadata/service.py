@@ -226,9 +226,12 @@ class ContainerService:
             raise NotFound(f"container {id_!r} has no task in namespace {ns!r}")
         return task
 
-    def create_task(self, ns: str, id_: str, io: ProcessIO, *, group: str | None = None) -> Task:
+    def create_task(self, ns: str, id_: str, io: ProcessIO | Mapping[str, Any], *,
+                    group: str | None = None) -> Task:
         """Create the container's task (state CREATED): mount the snapshot, start a shim, ``runc
-        create``.  CommandNotFound (exit 127) when the command is not in the image."""
+        create``.  CommandNotFound (exit 127) when the command is not in the image.  ``io`` may be a
+        :class:`~pyctr.runtime.ProcessIO` or its dict."""
+        io = _process_io(io)
         c = self.store.get(ns, id_)
         mounts = self.md.snapshotter(c.snapshotter).mounts(ns, c.snapshot_key) if c.snapshot_key else []
         rt = self.runtime(c.runtime.name)
@@ -264,7 +267,8 @@ class ContainerService:
                 raise
             log.warning("detaching %s/%s from its network failed", ns, id_, exc_info=True)
 
-    def start_task(self, ns: str, id_: str, io: ProcessIO, *, group: str | None = None) -> Task:
+    def start_task(self, ns: str, id_: str, io: ProcessIO | Mapping[str, Any], *,
+                   group: str | None = None) -> Task:
         """Create and start the task; if starting fails, the task is deleted again."""
         task = self.create_task(ns, id_, io, group=group)
         try:
@@ -313,7 +317,7 @@ class ContainerService:
         ns: str,
         id_: str,
         args: builtins.list[str],
-        io: ProcessIO,
+        io: ProcessIO | Mapping[str, Any],
         *,
         exec_id: str = "",
         tty: bool = False,
@@ -328,6 +332,7 @@ class ContainerService:
 
         if not args:
             raise InvalidArgument("exec needs a command")
+        io = _process_io(io)
         c = self.store.get(ns, id_)
         task = self._find_task(ns, id_, c)
         if task is None:
@@ -356,6 +361,12 @@ class ContainerService:
 
     def close(self) -> None:
         pass
+
+
+def _process_io(io: ProcessIO | Mapping[str, Any]) -> ProcessIO:
+    from pyctr.runtime import ProcessIO
+
+    return io if isinstance(io, ProcessIO) else ProcessIO.from_dict(io)
 
 
 def _rollback(undo: list[Callable[[], None]]) -> None:
