@@ -502,6 +502,7 @@ class Shim:
 
     def _runc(self, c: Container, args: list[str], stdio: tuple[int, int, int] | None = None,
               capture: bool = False) -> bytes:
+        t0 = time.monotonic()
         argv = [*c.runc, *args]
         log = argv[argv.index("--log") + 1]
         offset = R.log_size(log)
@@ -538,6 +539,8 @@ class Shim:
             if out >= 0:
                 os.close(out)
         code = _exit_code(status)
+        if self.debug:
+            _log(f"runc {args[0]}: exit {code} in {(time.monotonic() - t0) * 1e3:.1f} ms")
         if code != 0:
             msg = R.last_error(log, offset) or f"runc {args[0]} exited with status {code}"
             raise ShimError(_classify(msg), msg)
