@@ -214,12 +214,15 @@ class CNI:
             result = self.exec("ADD", conf, p, rt, result)
         return result or {}
 
-    def delete(self, conf: ConfList, rt: Runtime, prev_result: Mapping[str, Any] | None = None) -> None:
+    def delete(self, conf: ConfList, rt: Runtime, prev_result: Mapping[str, Any] | None = None, *,
+               skip_types: Sequence[str] = ()) -> None:
         """DEL through the list in reverse order.  Every plugin is called even if one fails; the first
-        failure is raised afterwards."""
+        failure is raised afterwards.  ``skip_types``: plugins known to have done nothing at ADD."""
         first: PyctrError | None = None
         prev = prev_result if prev_result and conf.cni_version not in ("0.3.0", "0.3.1") else None
         for p in reversed(conf.plugins):
+            if p.get("type") in skip_types:
+                continue
             try:
                 self.exec("DEL", conf, p, rt, prev)
             except PyctrError as e:

@@ -505,7 +505,10 @@ class NetworkManager:
         conf = parse_conflist(json.loads(row["conf"]))
         result = json.loads(row["result"] or "{}") or None
         alive = netns.exists(path)
-        self.cni.delete(conf, self._runtime(att, path if alive else ""), result)
+        # portmap's ADD without mappings changes nothing, but its DEL runs a dozen iptables commands:
+        # skip it for a container that published no port (state "attached": the ADD got that far).
+        skip = ("portmap",) if not att.ports and att.state == "attached" else ()
+        self.cni.delete(conf, self._runtime(att, path if alive else ""), result, skip_types=skip)
         if not alive:
             # Without the namespace the bridge plugin cannot learn the address whose NAT rules it made
             # (it reads them from the container's interface): remove the rules tagged with the container.
