@@ -575,3 +575,20 @@ def test_stale_zygote_is_replaced(tmp_path: Path, rootfs: Path, monkeypatch: pyt
             new = rt.client(rt.zygote_address).ping(timeout=1.0)
             time.sleep(0.05)
         assert new and new["zygote_pid"] != old["zygote_pid"]
+
+
+def test_copy_into_callers_file_appends(tmp_path: Path, rootfs: Path) -> None:
+    """A caller's file (``> out``) given as an fd keeps its offset and O_APPEND when the shim copies."""
+    need_runc()
+    out = tmp_path / "out"
+    out.write_text("before\n")
+    with runtime(tmp_path / "state", stdio_copy=True) as rt:
+        fd = os.open(out, os.O_WRONLY | os.O_APPEND)
+        try:
+            t = rt.create(NS, "ap", busybox_spec(rootfs, ["echo", "after"]), [], ProcessIO(stdout=fd))
+        finally:
+            os.close(fd)
+        t.start()
+        assert t.wait(timeout=20).exit_status == 0
+        t.delete()
+    assert out.read_text() == "before\nafter\n"

@@ -617,6 +617,7 @@ class Shim:
                     _grow_pipe(fd)  # a pipe or FIFO holds 1 MiB: 16x fewer wake-ups (no-op on others)
                 dests.append(fd)
             if io.get("terminal"):
+                _close_all([f for f in child if f >= 0])  # the pty is the container's stdio
                 for fd in dests:
                     if fd >= 0:
                         owned.append(fd)
@@ -1025,8 +1026,12 @@ def _open_append(path: str) -> int:
 
 def _private(fd: int, flags: int) -> int:
     """A new open file description for a caller's pipe or terminal (``/proc/self/fd/N``), so that
-    the loop's O_NONBLOCK never reaches the caller's shell.  Sockets cannot be reopened: kept as is."""
+    the loop's O_NONBLOCK never reaches the caller's shell.  Anything else is kept as it is: files
+    (never in non-blocking mode; reopening would lose O_APPEND and the offset) and sockets."""
     try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+            return fd
         nfd = os.open(f"/proc/self/fd/{fd}", flags | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return fd
