@@ -592,3 +592,34 @@ def test_copy_into_callers_file_appends(tmp_path: Path, rootfs: Path) -> None:
         assert t.wait(timeout=20).exit_status == 0
         t.delete()
     assert out.read_text() == "before\nafter\n"
+
+
+def test_shim_rpc_rejects_bad_requests(rt: RuncRuntime) -> None:
+    import socket
+    import struct
+
+    from pyctr.errdefs import NotImplementedErr
+    from pyctr.plugins.runtime.runc.shim_client import ShimClient
+
+    address, fresh = rt.ensure_shim(NS, "rpc")
+    assert fresh
+    c = ShimClient(address)
+    try:
+        info = c.call("connect", {})
+        assert info["tasks"] == 0 and info["group"] == "rpc"
+        with pytest.raises(NotImplementedErr):
+            c.call("checkpoint", {})
+        with pytest.raises(NotFound):
+            c.call("state", {"ns": NS, "id": "nope"})
+        for junk in (b"\x00\x00\x00\x03abc", struct.pack(">I", 1 << 30) + b"x"):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(address)
+            s.sendall(junk)
+            s.settimeout(5)
+            assert s.recv(10) == b""  # dropped
+            s.close()
+        assert c.call("connect", {})["shim_pid"] == info["shim_pid"]  # still serving
+        c.call("shutdown", {})
+        assert wait_gone(int(info["shim_pid"]))
+    finally:
+        c.close()
