@@ -651,7 +651,7 @@ def extract(next_chunk, str root, *, whiteouts="native", parents=(), same_owner=
                 count += 1
         ex.finish()
     except OSError as e:
-        raise _py._fail(e, "apply", h.name if h is not None else b"") from e
+        raise _py._fail(e, h.name if h is not None else b"") from e
     finally:
         ex.close()
     return count

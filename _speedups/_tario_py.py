@@ -23,7 +23,15 @@ import shutil
 import stat
 from collections.abc import Callable, Sequence
 
-from pyctr.errdefs import DataLoss, Internal, InvalidArgument, PyctrError
+from pyctr.errdefs import (
+    DataLoss,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PyctrError,
+)
 
 BLOCK = 512
 MAX_META = 1 << 20  # largest PAX / GNU long-name record accepted
@@ -413,16 +421,26 @@ def clean(name: bytes) -> list[bytes]:
     return out
 
 
-def _fail(e: OSError, op: str, name: bytes) -> PyctrError:
-    what = name.decode("utf-8", "replace")
-    if e.errno in (errno.ENOTDIR, errno.ELOOP, errno.EXDEV):
-        return InvalidArgument(f"layer entry {what!r}: {op}: {e.strerror}")
-    return Internal(f"applying layer entry {what!r}: {op}: {e.strerror}")
+def _fail(e: OSError, name: bytes) -> PyctrError:
+    """The error to raise for a system call that failed while applying entry ``name``."""
+    what = f"applying layer entry {name.decode('utf-8', 'replace')!r}: {e.strerror}"
+    if e.errno in (errno.ENOTDIR, errno.ELOOP, errno.EXDEV, errno.EISDIR, errno.ENAMETOOLONG):
+        return InvalidArgument(what)
+    if e.errno in (errno.EPERM, errno.EACCES, errno.EROFS):
+        return PermissionDenied(what)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return FailedPrecondition(what + " (free some space and retry)")
+    return Internal(what)
 
 
 class _Extractor:
     def __init__(self, root: str, whiteouts: str, parents: Sequence[str], same_owner: bool) -> None:
-        self.rootfd = os.open(root, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.rootfd = os.open(root, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"cannot apply a layer onto {root}: it does not exist") from None
+        except NotADirectoryError:
+            raise InvalidArgument(f"cannot apply a layer onto {root}: not a directory") from None
         st = os.fstat(self.rootfd)
         self.root_id = (st.st_dev, st.st_ino)
         self.overlay = whiteouts == "overlay"
@@ -436,9 +454,9 @@ class _Extractor:
         try:
             for p in parents:
                 self.parents.append(os.open(p, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-        except OSError:
+        except OSError as e:
             self.close()
-            raise
+            raise NotFound(f"lower layer {p} cannot be opened: {e.strerror}") from None
 
     def close(self) -> None:
         self._drop_cache()
@@ -940,7 +958,7 @@ def extract(next_chunk: Callable[[], bytes], root: str, *, whiteouts: str = "nat
                 count += 1
         ex.finish()
     except OSError as e:
-        raise _fail(e, "apply", h.name if h is not None else b"") from e
+        raise _fail(e, h.name if h is not None else b"") from e
     finally:
         ex.close()
     return count

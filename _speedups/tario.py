@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, BinaryIO, Literal, cast
 
-from pyctr.errdefs import DataLoss, InvalidArgument
+from pyctr.errdefs import DataLoss, Internal, InvalidArgument, PyctrError
 
 from . import use_extensions
 
@@ -189,7 +189,11 @@ class _Pipeline:
                     if not buf or not self._emit(buf):
                         break
             self._put(None)
-        except BaseException as e:  # handed to the consumer
+        except PyctrError as e:  # handed to the consumer
+            self._put(e)
+        except OSError as e:
+            self._put(Internal(f"reading the layer failed: {e}"))
+        except BaseException as e:
             self._put(e)
 
     def _gunzip(self, read: Callable[[], bytes]) -> None:

@@ -17,7 +17,7 @@ import pytest
 import zstandard
 from _tario_util import E, describe, make_tar
 from pyctr._speedups import tario
-from pyctr.errdefs import DataLoss, InvalidArgument
+from pyctr.errdefs import DataLoss, InvalidArgument, NotFound
 
 Apply = Callable[..., tario.ApplyResult]
 
@@ -237,6 +237,18 @@ def test_unsupported_type_refused(apply: Apply, root: Path) -> None:
     _fix_checksum(layer)
     with pytest.raises(InvalidArgument, match="unsupported"):
         apply(bytes(layer), root)
+
+
+def test_target_errors(apply: Apply, tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="does not exist"):
+        apply(make_tar([E("f")]), tmp_path / "missing")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        apply(make_tar([E("f")]), tmp_path / "file")
+    with pytest.raises(InvalidArgument, match="layer entry 'file/x'"):
+        apply(make_tar([E("file/x", data=b"")]), tmp_path)
+    with pytest.raises(NotFound, match="lower layer"):
+        apply(make_tar([E("f")]), tmp_path, whiteouts="overlay", parents=[str(tmp_path / "nope")])
 
 
 def test_hardlink_to_directory_or_missing_refused(apply: Apply, root: Path) -> None:
