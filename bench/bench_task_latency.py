@@ -49,12 +49,15 @@ def main() -> None:
         spec = busybox_spec(rootfs, ["true"])
         bundle = work / "bundle"
         bundle.mkdir()
-        bare_spec = dict(spec)
+        bare_spec = json.loads(json.dumps(spec))  # the same spec (seccomp included)
         bare_spec["linux"] = dict(spec["linux"], cgroupsPath=f"/pyctr-bench-bare-{time.time_ns()}")
         (bundle / "config.json").write_text(json.dumps(bare_spec))
+        nosec = json.loads(json.dumps(spec))
+        nosec["linux"].pop("seccomp", None)
         times: dict[str, list[float]] = {"bare runc create+start+wait+delete": [],
                                          "pyctr task, own shim (zygote fork)": [],
-                                         "pyctr task, shared shim (group)": []}
+                                         "pyctr task, shared shim (group)": [],
+                                         "pyctr task, shared shim, no seccomp": []}
         with runtime(work / "state") as rt:
             keep = rt.create("bench", "keep", busybox_spec(rootfs, ["sleep", "600"]), [], ProcessIO(),
                              group="g")  # keeps the group's shim alive
@@ -73,8 +76,14 @@ def main() -> None:
                 t.wait(timeout=30)
                 t.delete()
                 grp = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                t = rt.create("bench", f"n{i}", nosec, [], ProcessIO(), group="g")
+                t.start()
+                t.wait(timeout=30)
+                t.delete()
+                ns = time.perf_counter() - t0
                 if i >= 2:  # warm-up
-                    for k, v in zip(times, (b, own, grp), strict=True):
+                    for k, v in zip(times, (b, own, grp, ns), strict=True):
                         times[k].append(v)
             keep.delete(force=True)
         shutil.rmtree(bundle, ignore_errors=True)
