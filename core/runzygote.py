@@ -27,7 +27,7 @@ import sys
 from typing import Any
 
 MARKER = "pyctr-run-zygote"
-DEFAULT_IDLE = 60.0
+DEFAULT_IDLE = 30.0
 _HDR = struct.Struct(">I")
 _SUN_MAX = 100
 
