@@ -270,9 +270,10 @@ class CgroupReader:
     again with ``pread`` at offset 0 (the kernel regenerates a cgroup file's text for every read from
     offset 0), which costs a quarter of open + read + close.
 
-    At most ``max_fds`` descriptors are kept (by default half of what RLIMIT_NOFILE leaves above
-    1024); beyond that files are opened per read.  :meth:`retain` closes the files of cgroups no longer
-    asked for.  Not thread-safe: one scraper at a time (the metrics plugin holds a lock).
+    At most ``max_fds`` descriptors are kept (by default a quarter of RLIMIT_NOFILE, or half of what
+    it leaves above 1024 when that is more); beyond that files are opened per read.  :meth:`retain`
+    closes the files of cgroups no longer asked for.  Not thread-safe: one scraper at a time (the
+    metrics plugin holds a lock).
     """
 
     _MISSING = -1
@@ -284,7 +285,7 @@ class CgroupReader:
 
             soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
             soft = 1 << 20 if soft == resource.RLIM_INFINITY else soft
-            max_fds = max(0, (soft - 1024) // 2)
+            max_fds = max(soft // 4, (soft - 1024) // 2)
         self.max_fds = max_fds
         self._fds: dict[str, dict[str, int]] = {}  # cgroup path -> file path -> fd (or _MISSING)
         self._open = 0
