@@ -396,13 +396,15 @@ def test_second_namespace_links_without_download(seeded_registry: SeededRegistry
 def test_concurrent_pulls_of_one_image_share_the_work(seeded_registry: SeededRegistry,
                                                       pyctr_client_factory: ClientFactory) -> None:
     c = pyctr_client_factory()
+    # one service for both threads (pyctr.Client builds its engine lazily, and not under a lock)
+    dist = _dist(c)
     ref = f"{seeded_registry.addr}/test/big:1"
     results: list[Any] = []
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            results.append(_dist(c).fetch("default", ref, plain_http=True))
+            results.append(dist.fetch("default", ref, plain_http=True))
         except BaseException as e:
             errors.append(e)
 

@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO, NoReturn
@@ -132,6 +133,8 @@ class Response:
         if reuse and not self._resp.will_close:
             self._transport._release(self._key, conn)
         else:
+            # the response's file object holds the socket open too: close both
+            self._resp.close()
             conn.close()
 
     def __enter__(self) -> Response:
@@ -152,6 +155,7 @@ class Transport:
         self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
         self._ssl: dict[tuple[str, str], ssl.SSLContext] = {}
         self._lock = threading.Lock()
+        self._all: weakref.WeakSet[http.client.HTTPConnection] = weakref.WeakSet()
         self.connections_made = 0
 
     def set_ssl_context(self, netloc: str, ctx: ssl.SSLContext) -> None:
@@ -161,11 +165,16 @@ class Transport:
     def _new(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         parts = urllib.parse.urlsplit(f"//{netloc}")
         host, port = parts.hostname or netloc, parts.port
-        self.connections_made += 1
+        conn: http.client.HTTPConnection
         if scheme == "http":
-            return _HTTPConnection(host, port, self.timeouts)
-        ctx = self._ssl.get((scheme, netloc)) or default_ssl_context()
-        return _HTTPSConnection(host, port, self.timeouts, ctx)
+            conn = _HTTPConnection(host, port, self.timeouts)
+        else:
+            ctx = self._ssl.get((scheme, netloc)) or default_ssl_context()
+            conn = _HTTPSConnection(host, port, self.timeouts, ctx)
+        with self._lock:
+            self.connections_made += 1
+            self._all.add(conn)
+        return conn
 
     def _get(self, key: tuple[str, str]) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:
@@ -209,8 +218,9 @@ class Transport:
             return Response(self, key, conn, resp, url, method)
 
     def close(self) -> None:
+        """Close every connection, idle or still held by a response nobody closed."""
         with self._lock:
-            conns = [c for lst in self._idle.values() for c in lst]
+            conns = list(self._all)
             self._idle.clear()
         for c in conns:
             c.close()

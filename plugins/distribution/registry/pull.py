@@ -319,6 +319,8 @@ class Fetcher:
                 try:
                     fetched += self._stream(desc, w, mv, start, ref, kind)
                 except (Unavailable, DeadlineExceeded) as e:
+                    if not w.offset:
+                        raise
                     raise type(e)(f"{e}; {w.offset} of {desc.size} bytes kept, run the pull again to resume"
                                   ) from None
                 except PyctrError:

@@ -19,24 +19,16 @@ from pyctr.reference import Reference, parse
 from .auth import Credentials, load_docker_credentials, parse_user
 from .client import RepositoryClient, RetryPolicy, Timeouts, Transport, make_authorizer
 from .hosts import Hosts
+from .plugin import CONFIG
 from .pull import Fetcher, FetchResult, ProgressFn, resolve
 
 log = logging.getLogger("pyctr.distribution")
 
-DEFAULT_CONFIG: dict[str, Any] = {
-    "max_concurrent_downloads": 3,
-    "max_concurrent_uploads": 3,
-    "config_path": "/etc/pyctr/certs.d",
-    "connect_timeout": 15.0,
-    "read_timeout": 30.0,
-    "retries": 3,
-    "retry_backoff": 0.5,
-    "upload_chunk_size": 0,  # 0: monolithic uploads; else PATCH chunks of this many bytes
-    "lease_ttl": 86400,
-    "hosts": {},
-}
+#: the plugin's configuration keys and defaults (declared once, in the light plugin module)
+DEFAULT_CONFIG: dict[str, Any] = CONFIG
 
-#: a pull lease lives this long if the process dies before deleting it (containerd: 24 h)
+#: label on a fetch's own lease (it expires after ``lease_ttl`` seconds, 24 h as containerd, if the
+#: process dies before deleting it)
 LEASE_LABEL = "pyctr.io/lease.purpose"
 
 
