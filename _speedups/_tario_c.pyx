@@ -20,7 +20,7 @@ cdef extern from "<string.h>" nogil:
 import os
 import stat as _stat
 
-from pyctr.errdefs import DataLoss, InvalidArgument
+from pyctr.errdefs import DataLoss, InvalidArgument, PyctrError
 
 from . import _tario_py as _py
 
@@ -420,6 +420,8 @@ cdef class _Pax:
         return 0
 
     cdef int apply(self, h) except -1:
+        if (self.path is not None and b"\0" in self.path) or (self.linkpath is not None and b"\0" in self.linkpath):
+            raise InvalidArgument("layer has a PAX path or link path holding a NUL byte")
         if self.path is not None:
             h.name = self.path
         if self.linkpath is not None:
@@ -652,6 +654,10 @@ def extract(next_chunk, str root, *, whiteouts="native", parents=(), same_owner=
         ex.finish()
     except OSError as e:
         raise _py._fail(e, h.name if h is not None else b"") from e
+    except PyctrError:
+        raise
+    except ValueError as e:  # a name, target or xattr key holding a NUL byte
+        raise InvalidArgument(f"layer entry {(h.name if h else b'').decode('utf-8', 'replace')!r}: {e}") from e
     finally:
         ex.close()
     return count

@@ -365,6 +365,8 @@ def _finish_header(h: Header, block: bytes, pax: list[tuple[bytes, bytes]], stre
                 sp_size = _pax_int(v, k)
     if h.data_size < 0:
         raise DataLoss("layer has a negative entry size")
+    if b"\0" in h.name or b"\0" in h.linkname:
+        raise InvalidArgument("layer has a PAX path or link path holding a NUL byte")
     h.mtime = max(-TIME_MAX, min(TIME_MAX, h.mtime))
     if h.atime is not None:
         h.atime = max(-TIME_MAX, min(TIME_MAX, h.atime))
@@ -959,6 +961,10 @@ def extract(next_chunk: Callable[[], bytes], root: str, *, whiteouts: str = "nat
         ex.finish()
     except OSError as e:
         raise _fail(e, h.name if h is not None else b"") from e
+    except PyctrError:
+        raise
+    except ValueError as e:  # os.* refuse a name, target or xattr key holding a NUL byte
+        raise InvalidArgument(f"layer entry {(h.name if h else b'').decode('utf-8', 'replace')!r}: {e}") from e
     finally:
         ex.close()
     return count

@@ -121,6 +121,15 @@ def test_escapes_land_inside_the_root(apply: Callable[..., Any], tmp_path: Path)
     assert os.readlink(root3 / "h") == str(canary / "f")  # a link to the symlink, not its target
 
 
+@pytest.mark.parametrize("field", ["path", "linkpath", "SCHILY.xattr.user.a\0b"])
+def test_nul_bytes_refused(apply: Callable[..., Any], tmp_path: Path, field: str) -> None:
+    root, _ = _setup(tmp_path)
+    pax = {field: "x"} if field.startswith("SCHILY") else {field: "ok\0/../../canary/f"}
+    with pytest.raises(InvalidArgument):
+        apply(make_tar([E("s", "sym", link="t", pax=pax) if field == "linkpath" else E("f", pax=pax)]), root)
+    assert not (root / "ok").exists()
+
+
 def test_symlink_loop_is_refused(apply: Callable[..., Any], tmp_path: Path) -> None:
     root, canary = _setup(tmp_path)
     with pytest.raises(InvalidArgument):
