@@ -109,7 +109,8 @@ def test_deletions_mark_the_store_dirty_and_a_collection_follows(store: Store) -
     time.sleep(0.1)
     assert sched.collections == 0
     store.content.delete("default", blob)
-    assert sched.stats()["dirty"]
+    st = sched.stats()
+    assert st["dirty"] or st["collections"] == 1  # (a slow machine may already have collected)
     assert wait_for(lambda: blob not in store.blobs(), timeout=5)  # after the pause interval
     assert 0 < sched.pause_interval < 1
 
