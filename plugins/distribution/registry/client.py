@@ -108,14 +108,16 @@ class Response:
         return n
 
     def read(self, limit: int = -1) -> bytes:
-        """The whole body; more than ``limit`` bytes (when >= 0) raises :class:`DataLoss`."""
-        if limit >= 0:
-            data = self._resp.read(limit + 1)
-            if len(data) > limit:
-                self.close(reuse=False)
-                raise DataLoss(f"{self.url}: body larger than {limit} bytes")
-        else:
-            data = self._resp.read()
+        """The whole body; more than ``limit`` bytes (when >= 0) raises :class:`DataLoss`.  The
+        response is closed whatever happens."""
+        try:
+            data = self._resp.read(limit + 1) if limit >= 0 else self._resp.read()
+        except BaseException:
+            self.close(reuse=False)
+            raise
+        if 0 <= limit < len(data):
+            self.close(reuse=False)
+            raise DataLoss(f"{self.url}: body larger than {limit} bytes")
         self.close()
         return data
 
@@ -354,7 +356,8 @@ class RepositoryClient:
                 return resp
             if st == 401 and same_host and auth_tries < 2:
                 challenge = resp.header("WWW-Authenticate")
-                resp.read(1 << 16)
+                with contextlib.suppress(PyctrError, OSError, http.client.HTTPException):
+                    resp.read(1 << 16)
                 auth_tries += 1
                 had = self.auth.challenge is not None
                 if challenge and self.auth.learn(challenge) and (auth_tries == 1 or not had):
@@ -372,7 +375,7 @@ class RepositoryClient:
                 continue
             if st in RETRY_STATUSES and attempt < max_retries:
                 retry_after = resp.header("Retry-After")
-                with contextlib.suppress(PyctrError):
+                with contextlib.suppress(PyctrError, OSError, http.client.HTTPException):
                     resp.read(1 << 16)
                 delay = self.retry.delay(attempt, retry_after)
                 log.info("%s on %s: HTTP %s; retrying in %.1fs", what, self.where, st, delay)
