@@ -14,7 +14,7 @@ Stable API::
 * ``root``: the target directory: an overlay upperdir (``whiteouts="overlay"``; ``parents`` are the
   lowerdirs, nearest first, used to copy mode and owner onto implicitly created parent directories) or
   a full root filesystem (``whiteouts="native"``: whiteouts delete).
-* ``media_type``: the layer's media type; ``None`` or a generic type means "detect by magic bytes".
+* ``media_type``: the layer's media type (informative: the compression is detected by magic bytes).
 * ``max_uncompressed``: refuse layers whose uncompressed stream is larger (a decompression bomb).
 * ``same_owner``: apply ownership from the layer (else files belong to the caller).
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import queue
 import threading
@@ -39,6 +40,8 @@ from typing import Any, BinaryIO, Literal, cast
 from pyctr.errdefs import DataLoss, Internal, InvalidArgument, PyctrError
 
 from . import use_extensions
+
+log = logging.getLogger("pyctr.tario")
 
 Whiteouts = Literal["overlay", "native"]
 ChunkSource = Callable[[], bytes]
@@ -87,8 +90,9 @@ def _impl() -> ModuleType:
 def compression_of(media_type: str | None, head: bytes) -> str:
     """``"gzip"``, ``"zstd"`` or ``"tar"`` for a blob whose first bytes are ``head``.
 
-    An explicit ``+gzip``/``+zstd``/plain tar media type is trusted only if the magic agrees; a generic
-    or unknown type is decided by the magic bytes (as containerd's ``DetectCompression``).
+    The magic bytes decide, as in containerd's ``DetectCompression``: images whose media type says
+    one thing while the blob is another exist in the wild and unpack with containerd.  A mismatch
+    with ``media_type`` is logged.
     """
     if head.startswith(GZIP_MAGIC):
         found = "gzip"
@@ -98,9 +102,9 @@ def compression_of(media_type: str | None, head: bytes) -> str:
         found = "tar"
     if media_type:
         mt = media_type.lower()
-        declared = "gzip" if mt.endswith(("+gzip", ".gzip")) else "zstd" if mt.endswith("+zstd") else None
-        if declared is not None and declared != found and head:
-            raise DataLoss(f"layer is declared {media_type} but its bytes are not {declared}")
+        declared = "gzip" if mt.endswith(("+gzip", ".gzip")) else "zstd" if mt.endswith("+zstd") else "tar"
+        if declared != found and head:
+            log.info("layer declared %s holds %s data; going by its bytes", media_type, found)
     return found
 
 
