@@ -436,6 +436,26 @@ class RuncRuntime:
                 out.extend((ns, id) for id in sorted(os.listdir(self.state / ns)))
         return out
 
+    def task_cgroups(self) -> list[dict[str, str]]:
+        """Every task's ``namespace``, ``id``, ``cgroup`` and ``status`` as its files tell, calling no
+        shim (the metrics plugin lists tasks so at every scrape): ``stopped`` once the shim wrote
+        ``exit`` (or ``status.json``), ``created`` while runc's ``exec.fifo`` is there, else ``running``."""
+        out: list[dict[str, str]] = []
+        for ns, id in self._all_ids():
+            b = self.bundle(ns, id)
+            rec = b.read("shim.json")
+            if rec is None:
+                continue
+            if (b.path / "exit").exists() or (b.path / "status.json").exists():
+                status = "stopped"
+            elif os.path.exists(os.path.join(str(rec.get("runc_root") or self.runc_root_for(ns)), id, "exec.fifo")):
+                status = "created"
+            else:
+                status = "running"
+            out.append({"namespace": ns, "id": id, "cgroup": str(rec.get("cgroup") or self.cgroup_path(ns, id)),
+                        "status": status})
+        return out
+
     # -- recovery -------------------------------------------------------------------------------------
 
     def _alive_task(self, ns: str, id: str, rec: Mapping[str, Any]) -> bool:
