@@ -303,3 +303,16 @@ def test_a_daemons_scheduler_does_not_collect_at_close(store: Store) -> None:
     store.content.delete("default", blob)
     sched.close()  # ...and closing does not run a collection on the way out
     assert blob in store.blobs()
+
+
+def test_the_next_expiry_is_collected_when_it_falls_due(store: Store) -> None:
+    blob = store.put(b"until the lease expires")
+    lease = store.leases.create("default", ttl=0.6)
+    store.leases.add_resource("default", lease.id, "content", blob)
+    sched = store.scheduler(interval=0, startup_delay_ms=0)  # no periodic timer at all
+    sched.start()
+    assert wait_for(lambda: sched.collections >= 1)
+    first = sched.last_result
+    assert first is not None and first.next_expiry == lease.expire_at
+    assert wait_for(lambda: blob not in store.blobs(), timeout=5)
+    assert sched.collections == 2 and store.leases.list("default") == []

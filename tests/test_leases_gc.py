@@ -271,7 +271,9 @@ def test_expired_lease_is_removed_with_what_only_it_held(world: World) -> None:
     blob = world.put("default", b"leased")
     world.leases.add_resource("default", lease.id, "content", blob)
     assert world.collect().removed_content == []
+    assert world.collect().next_expiry == lease.expire_at
     res = world.collect(now=now_ns() + 2 * HOUR)
+    assert res.next_expiry is None
     assert res.removed_leases == [("default", lease.id)]
     assert res.removed_content == [blob]
     with pytest.raises(NotFound):

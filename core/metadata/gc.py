@@ -90,6 +90,8 @@ class GCResult:
         ``snapshot`` (key ``<sn>/<key>``), ``image``, ``lease``, ``ingest``.
     :ivar backend: backend objects deleted, as ``("content", digest)`` or ``("snapshot", "<sn>/<key>")``.
     :ivar errors: one line per object that could not be removed (the rest were).
+    :ivar next_expiry: the earliest expiry still to come (a lease's, an image's, an ingest's, a
+        ``gc.expire`` label's), in ns since the epoch: when a collection will next find something new.
     """
 
     removed_content: list[str] = field(default_factory=list)
@@ -101,6 +103,7 @@ class GCResult:
     backend: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     duration: float = 0.0
+    next_expiry: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,6 +120,7 @@ class GCResult:
             "backend": [list(x) for x in self.backend],
             "errors": list(self.errors),
             "duration": self.duration,
+            "next_expiry": self.next_expiry,
         }
 
     @classmethod
@@ -131,6 +135,7 @@ class GCResult:
             backend=[(str(a), str(b)) for a, b in d.get("backend") or []],
             errors=list(d.get("errors") or []),
             duration=float(d.get("duration") or 0.0),
+            next_expiry=int(d["next_expiry"]) if d.get("next_expiry") else None,
         )
 
 
@@ -204,6 +209,7 @@ class _Graph:
     brefs: dict[Node, list[Node]] = field(default_factory=dict)  # X -> objects X keeps (back-references)
     roots: list[tuple[Node, bool]] = field(default_factory=list)  # (node, flat)
     leases_expired: list[tuple[str, str]] = field(default_factory=list)
+    next_expiry: int | None = None  # the earliest expiry still to come (ns since the epoch)
     by_kind: dict[str, list[Node]] = field(default_factory=dict)
 
 
@@ -248,9 +254,16 @@ def _load(tx: Tx, now: int) -> tuple[_Graph, dict[str, set[str]]]:
         for b in brefs:
             g.brefs.setdefault(b, []).append(node)
 
+    def future(exp: int | None) -> bool:
+        """``exp`` is a time still to come (remembered: the earliest one is when to collect next)."""
+        if exp is None or exp < now:
+            return False
+        if g.next_expiry is None or exp < g.next_expiry:
+            g.next_expiry = exp
+        return True
+
     def live(labels: Mapping[str, str]) -> bool:
-        exp = expire_at_ns(labels)
-        return exp is not None and exp >= now
+        return future(expire_at_ns(labels))
 
     # leases: what an unexpired lease holds is a root
     if "leases" in tables:
@@ -261,7 +274,7 @@ def _load(tx: Tx, now: int) -> tuple[_Graph, dict[str, set[str]]]:
         for r in tx.execute("SELECT ns, id, labels FROM leases").fetchall():
             ns, lid, labels = r["ns"], r["id"], _labels(r["labels"])
             exp = expire_at_ns(labels)
-            if exp is not None and exp < now:
+            if exp is not None and not future(exp):
                 g.leases_expired.append((ns, lid))
                 continue
             flat = LABEL_GC_FLAT in labels
@@ -281,7 +294,7 @@ def _load(tx: Tx, now: int) -> tuple[_Graph, dict[str, set[str]]]:
             labels = _labels(r["labels"]) if "labels" in tables["images"] else {}
             add(node, labels)
             exp = expire_at_ns(labels)
-            if exp is None or exp >= now:
+            if exp is None or future(exp):
                 g.roots.append((node, False))
             dgst = _target_digest(r["target"] if "target" in tables["images"] else None)
             if not dgst and "target_digest" in tables["images"]:
@@ -306,7 +319,7 @@ def _load(tx: Tx, now: int) -> tuple[_Graph, dict[str, set[str]]]:
             node = (INGEST, r["ns"], r["ref"])
             add(node, {})
             exp_at = _ns_time(r["expire_at"]) if "expire_at" in cols else None
-            if exp_at is not None and exp_at >= now:
+            if future(exp_at):
                 g.roots.append((node, False))
             expected = r["expected"] if "expected" in cols else ""
             if expected:
@@ -467,6 +480,7 @@ def _sweep(tx: Tx, when: int, res: GCResult, removed_snaps: list[tuple[Node, str
            gone_content: set[tuple[str, str]]) -> dict[str, set[str]]:
     """Mark, then delete every unreachable record (in ``tx``); returns the tables seen."""
     g, tables = _load(tx, when)
+    res.next_expiry = g.next_expiry
     reachable = _mark(g)
 
     def delete(sql: str, params: tuple[Any, ...], what: str) -> bool:

@@ -11,8 +11,10 @@
   calls never do), a dirty store is collected after a pause derived from ``pause_threshold`` (the
   share of time the collector may hold the write lock: interval = avg/threshold - avg, avg >= 5 ms),
   a :meth:`GCScheduler.schedule` request after ``schedule_delay_ms``, the first collection
-  ``startup_delay_ms`` after start, and one every ``interval`` seconds regardless (containerd has no
-  such timer, so an expired lease lingers on an idle containerd -- containerd/containerd#6294);
+  ``startup_delay_ms`` after start, one as soon as the earliest expiry a collection saw falls due (a
+  lease's, an ingest's, a ``containerd.io/gc.expire`` label's), and one every ``interval`` seconds
+  regardless (containerd has no such timer, so an expired lease lingers on an idle containerd --
+  containerd/containerd#6294);
 * without the thread, a store left dirty is collected by :meth:`GCScheduler.close` when
   ``collect_on_close`` is set, so ``pyctr images rm`` frees space before the command exits.
 
@@ -68,6 +70,7 @@ class GCScheduler:
         self._dirty = False
         self._trigger_at: float | None = None
         self._next_periodic: float | None = None
+        self._expiry_at: float | None = None  # when the earliest lease/ingest/label expiry falls
         self._last_end = time.monotonic()
         self._avg = 0.0
         self._thread: threading.Thread | None = None
@@ -146,6 +149,7 @@ class GCScheduler:
                 self._deletions = self._mutations = 0
                 self._dirty = False
                 self._trigger_at = None
+                self._expiry_at = None
                 self._runs_started += 1
                 run = self._runs_started
             start = time.monotonic()
@@ -177,6 +181,9 @@ class GCScheduler:
                 self._last_end = time.monotonic()
                 if self.interval > 0:
                     self._next_periodic = self._last_end + self.interval
+                if result.next_expiry is not None:  # collect again as soon as something expires
+                    wait = max(0.0, (result.next_expiry - time.time_ns()) / 1e9)
+                    self._expiry_at = self._last_end + wait + 0.01
                 self._cond.notify_all()
             for err in result.errors:
                 log.warning("gc: %s", err)
@@ -239,6 +246,8 @@ class GCScheduler:
             times.append(self._last_end + self.pause_interval)
         if self._next_periodic is not None:
             times.append(self._next_periodic)
+        if self._expiry_at is not None:
+            times.append(self._expiry_at)
         return min(times) if times else None
 
     def _loop(self) -> None:
