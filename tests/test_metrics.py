@@ -582,3 +582,40 @@ def test_a_stuck_scrape_does_not_block_the_api(tmp_root: Roots) -> None:
         m.stop_server()
         server.shutdown(grace=1.0)
         engine.close()
+
+
+@pytest.mark.integration
+def test_runtime_task_cgroups_follow_the_task_life_cycle(tmp_path: Path) -> None:
+    """``RuncRuntime.task_cgroups()`` (what a scrape lists, no shim called): created, running, stopped;
+    the container series appear while the task runs and go when it stops."""
+    from pyctr.plugins.metrics.prometheus.collector import ContainerCollector, runtime_tasks
+    from pyctr.runtime import ProcessIO
+    from runtime_helpers import busybox_spec, make_busybox_rootfs, need_runc, runtime
+
+    need_runc()
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    with runtime(tmp_path / "state") as rt:
+        cc = ContainerCollector(lambda: runtime_tasks([rt]))
+
+        def status() -> str:
+            return {d["id"]: d["status"] for d in rt.task_cgroups()}["t1"]
+
+        def series() -> Samples:
+            return parse(cc.exposition())[1]
+
+        t = rt.create("default", "t1", busybox_spec(rootfs, ["sleep", "300"], memory=32 * MiB), [], ProcessIO())
+        assert status() == "created"
+        assert rt.task_cgroups()[0]["cgroup"] == rt.cgroup_path("default", "t1")
+        t.start()
+        assert status() == "running"
+        s = series()
+        assert value(s, "container_memory_usage_limit_bytes", container_id="t1") == 32 * MiB
+        assert value(s, "container_pids_current", container_id="t1") == 1
+        assert cc.reader.open_files > 0
+        t.kill(9)
+        t.wait(timeout=20)
+        assert status() == "stopped"
+        assert series() == {}
+        assert cc.reader.open_files == 0  # the stopped task's files were let go
+        t.delete()
+        assert rt.task_cgroups() == []
