@@ -20,6 +20,10 @@ from _tario_util import E, describe, make_tar
 from pyctr._speedups import tario
 from pyctr.errdefs import InvalidArgument, PyctrError
 
+# Ownership, device nodes and trusted.* xattrs need root (the project's tests run as root).
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: ownership, devices, xattrs")
+
+
 
 @pytest.fixture(params=["openat2", "walk"])
 def apply(request: Any, speedups: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
