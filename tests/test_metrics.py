@@ -167,6 +167,22 @@ def test_daemon_collector_figures() -> None:
     assert value(s, "pyctr_plugin_status", type="snapshot", id="pyctr.snapshot.zfs", status="skipped") == 1
 
 
+def test_daemon_request_hook_counts_launches() -> None:
+    from pyctr.plugins.metrics.prometheus.plugin import request_hook
+
+    metrics_api.reset()
+    try:
+        request_hook("ContainerService.start_task", 0.3, None)
+        request_hook("ContainerService.start_task", 0.1, "not_found")  # failed: not a launch
+        request_hook("ContainerService.list", 0.001, None)
+        snap = metrics_api.snapshot()
+        assert snap["durations"]["launch"].count == 1 and snap["durations"]["launch"].sum == 0.3
+        assert snap["rpc"][("ContainerService", "start_task")].count == 2
+        assert snap["rpc_errors"] == {("ContainerService", "start_task", "not_found"): 1}
+    finally:
+        metrics_api.reset()
+
+
 def test_oom_events_on_the_bus_are_counted() -> None:
     from pyctr.events.exchange import Exchange
     from pyctr.registry import make_plugin_manager

@@ -309,7 +309,8 @@ class DaemonCollector:
             ("pull", "pyctr_pull_duration_seconds", "Time to pull an image"),
             ("push", "pyctr_push_duration_seconds", "Time to push an image"),
             ("unpack", "pyctr_unpack_duration_seconds", "Time to unpack an image into a snapshotter"),
-            ("launch", "pyctr_task_launch_duration_seconds", "Time to create and start a task"),
+            ("launch", "pyctr_task_launch_duration_seconds",
+             "Time to create and start a task (detached launches served by the daemon)"),
         ):
             h = durations.get(kind)
             yield _hist(name, help_, [], [([], h)] if h is not None else [])

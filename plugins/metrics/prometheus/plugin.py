@@ -34,13 +34,25 @@ def _instance(engine: Any) -> Any:
         return None
 
 
-@hookimpl
-def pyctr_daemon_started(engine: Any) -> None:
+#: RPC targets whose latency is also a task launch (create + start in one request).
+LAUNCH_TARGETS = frozenset({"ContainerService.start_task"})
+
+
+def request_hook(target: str, seconds: float, error_code: str | None) -> None:
+    """The daemon's RPC ``request_hook``: every request counted per service and method; a successful
+    ``ContainerService.start_task`` is also a task launch."""
     from pyctr import metrics_api
 
+    metrics_api.rpc_request_hook(target, seconds, error_code)
+    if error_code is None and target in LAUNCH_TARGETS:
+        metrics_api.observe_task_launch(seconds)
+
+
+@hookimpl
+def pyctr_daemon_started(engine: Any) -> None:
     server = getattr(engine, "rpc_server", None)
     if server is not None and getattr(server, "request_hook", None) is None:
-        server.request_hook = metrics_api.rpc_request_hook
+        server.request_hook = request_hook
     inst = _instance(engine)
     if inst is None:
         return
