@@ -39,6 +39,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ from pyctr.network import (
 )
 
 from . import netns
-from .cni import CNI, ConfList, Runtime, check_plugins, conf_files, load_file, parse_conflist, result_ip
+from .cni import CNI, CNIError, ConfList, Runtime, check_plugins, conf_files, load_file, parse_conflist, result_ip
 
 log = logging.getLogger("pyctr.plugin.pyctr.network.cni")
 
@@ -82,6 +83,8 @@ register_migrations("network", [
 ])
 
 CNI_VERSION = "1.0.0"
+#: CNI calls per ADD or DEL (a failed ADD is undone before the next attempt).
+RETRIES = 3
 IFNAME = "eth0"
 #: An attachment still "attaching" this long after it began belongs to a process that died.
 STALE_ATTACHING_NS = 600 * 1_000_000_000
@@ -463,7 +466,7 @@ class NetworkManager:
                 netns.remove(path)
             netns.create(path)
             made_ns = True
-            result = self.cni.add(conf, rt)
+            result = self._add(conf, rt)
             att.ip, att.gateway, att.mac = result_ip(result)
             hostname = str(spec.get("hostname") or id[:12])
             self._write_files(ns, id, hostname, att.ip, result)
@@ -481,6 +484,21 @@ class NetworkManager:
                 self._forget(ns, id)
             raise
         return self._spec_with(spec, att)
+
+    def _add(self, conf: ConfList, rt: Runtime) -> dict[str, Any]:
+        """CNI ADD; a failure is undone (DEL) and tried again: iptables on nf_tables answers EBUSY now and
+        then when other processes change rules at the same moment."""
+        for attempt in range(RETRIES):
+            try:
+                return self.cni.add(conf, rt)
+            except CNIError as e:
+                with contextlib.suppress(PyctrError):
+                    self.cni.delete(conf, rt)
+                if attempt + 1 == RETRIES:
+                    raise
+                log.info("CNI ADD of %s failed (%s); trying again", rt.container_id, e)
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _runtime(self, att: Attachment, netns_path: str | None = None) -> Runtime:
         caps: dict[str, Any] = {}
@@ -508,7 +526,16 @@ class NetworkManager:
         # portmap's ADD without mappings changes nothing, but its DEL runs a dozen iptables commands:
         # skip it for a container that published no port (state "attached": the ADD got that far).
         skip = ("portmap",) if not att.ports and att.state == "attached" else ()
-        self.cni.delete(conf, self._runtime(att, path if alive else ""), result, skip_types=skip)
+        rt = self._runtime(att, path if alive else "")
+        for attempt in range(RETRIES):
+            try:
+                self.cni.delete(conf, rt, result, skip_types=skip)
+                break
+            except CNIError as e:
+                if attempt + 1 == RETRIES:
+                    raise
+                log.info("CNI DEL of %s/%s failed (%s); trying again", ns, id, e)
+                time.sleep(0.2 * (attempt + 1))
         if not alive:
             # Without the namespace the bridge plugin cannot learn the address whose NAT rules it made
             # (it reads them from the container's interface): remove the rules tagged with the container.
@@ -518,20 +545,22 @@ class NetworkManager:
         self._forget(ns, id)
         return True
 
-    def recover(self, alive: Callable[[str, str], bool] | None = None) -> list[str]:
+    def recover(self, alive: Callable[[str, str], bool] | None = None, *, min_age: float = 60.0) -> list[str]:
         """Detach what a crash left: attachments whose namespace is gone (or, with ``alive``, whose
-        container has no task any more).  Returns ``ns/id`` of those detached."""
+        container has no task any more, if attached more than ``min_age`` seconds ago: a younger one
+        may be getting its task right now).  Returns ``ns/id`` of those detached."""
         done: list[str] = []
         atts = self.attachments()
         if not atts:
             return done
         cutoff = now_ns() - STALE_ATTACHING_NS
+        young = now_ns() - int(min_age * 1e9)
         mounted = set(mount_points())  # read once: a netns file is alive while it is a mount point
         for a in atts:
             if a.state == "attaching" and a.created_at > cutoff:
                 continue  # another process is attaching it right now
             gone = os.path.realpath(a.netns) not in mounted
-            if not gone and alive is not None:
+            if not gone and alive is not None and a.created_at < young:
                 gone = not alive(a.namespace, a.container_id)
             if not gone:
                 continue

@@ -41,6 +41,32 @@ def _init(ctx: InitContext) -> Any:
 
 
 @hookimpl
+def pyctr_daemon_started(engine: Any) -> None:
+    """Crash recovery with the whole picture: detach every container that has no task any more."""
+    import logging
+
+    from pyctr.errdefs import NotFound, PyctrError
+
+    try:
+        net = engine.plugin("network")
+        svc = engine.plugin("service", "pyctr.containers.metadata")
+    except PyctrError:
+        return
+
+    def alive(ns: str, id_: str) -> bool:
+        try:
+            svc.get_task(ns, id_)
+        except NotFound:
+            return False
+        return True
+
+    done = net.recover(alive)
+    if done:
+        logging.getLogger("pyctr.plugin.pyctr.network.cni").info("detached %d containers without a task: %s",
+                                                                 len(done), ", ".join(done))
+
+
+@hookimpl
 def pyctr_plugin_registrations() -> list[Registration]:
     return [
         Registration(
