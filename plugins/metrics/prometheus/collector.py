@@ -8,17 +8,16 @@
   bus per topic, bytes and durations of pulls, pushes and unpacks, containers and tasks per namespace,
   plugin status.
 
-Which tasks: every runtime plugin is asked for its tasks without calling a shim.  A runtime may offer
-``task_cgroups() -> list[dict]`` (keys ``namespace``, ``id``, ``cgroup``, ``status``); otherwise
-``namespaces()`` and ``tasks(ns)`` are used, with the task's ``record["cgroup"]`` and its bundle
-files (``exit`` / ``status.json``: stopped) as pyctr's runc runtime keeps them.
+Which tasks: every runtime plugin offering ``task_cgroups() -> list[dict]`` (keys ``namespace``,
+``id``, ``cgroup``, ``status`` in ``created``/``running``/``stopped``; read from its state files, no
+shim called: :meth:`pyctr.plugins.runtime.runc.manager.RuncRuntime.task_cgroups`).  A runtime
+without it contributes no container series.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -47,44 +46,16 @@ class TaskRef:
     status: str  # created, running, paused, stopped
 
 
-def _runc_style_tasks(rt: Any) -> list[TaskRef]:
-    out: list[TaskRef] = []
-    for ns in rt.namespaces():
-        try:
-            tasks = rt.tasks(ns)
-        except (PyctrError, OSError):
-            continue
-        for t in tasks:
-            rec = getattr(t, "record", None) or {}
-            cg = str(rec.get("cgroup") or "")
-            if not cg and hasattr(rt, "cgroup_path"):
-                cg = str(rt.cgroup_path(ns, t.id))
-            if not cg:
-                continue
-            status = "running"
-            bundle = getattr(t, "bundle", None)
-            bpath = str(getattr(bundle, "path", "") or "")
-            if bpath and (os.path.exists(bpath + "/exit") or os.path.exists(bpath + "/status.json")):
-                status = "stopped"
-            elif rec.get("runc_root") and os.path.exists(f"{rec['runc_root']}/{t.id}/exec.fifo"):
-                status = "created"  # runc removes exec.fifo when the task starts
-            out.append(TaskRef(ns, str(t.id), cg, status))
-    return out
-
-
 def runtime_tasks(runtimes: Iterable[Any]) -> list[TaskRef]:
     """Every task known to ``runtimes``, read from their state files (no shim is called)."""
     out: list[TaskRef] = []
     seen: set[tuple[str, str]] = set()
     for rt in runtimes:
         try:
-            if hasattr(rt, "task_cgroups"):
-                refs = [TaskRef(str(d["namespace"]), str(d["id"]), str(d["cgroup"]),
-                                str(d.get("status") or "running")) for d in rt.task_cgroups()]
-            elif hasattr(rt, "namespaces") and hasattr(rt, "tasks"):
-                refs = _runc_style_tasks(rt)
-            else:
+            if not hasattr(rt, "task_cgroups"):
                 continue
+            refs = [TaskRef(str(d["namespace"]), str(d["id"]), str(d["cgroup"]),
+                            str(d.get("status") or "running")) for d in rt.task_cgroups()]
         except Exception:
             log.warning("listing the tasks of runtime %r failed", rt, exc_info=True)
             continue
