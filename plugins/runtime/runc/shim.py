@@ -31,6 +31,7 @@ from pyctr.plugins.runtime.runc import runc as R
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing, json and re stay out of the shim's memory
+    from collections.abc import Generator
     from typing import Any
 
 VERSION = 1
@@ -86,11 +87,13 @@ class Proc:
         "exit_status",
         "exited_at",
         "final",
+        "final_pending",
         "io",
         "pid",
         "pumps",
         "reason",
         "spec",
+        "starting",
         "status",
         "stdin_fd",
         "stdin_pump",
@@ -106,8 +109,10 @@ class Proc:
         self.exit_status = 0
         self.exited_at = 0.0
         self.final = False  # exit known and output drained: waiters answered
+        self.final_pending = False  # exited while its start was under way: /tasks/exit waits for it
         self.reason = ""
         self.spec: dict[str, Any] | None = None
+        self.starting = False  # a start is under way (runc start/exec runs)
         self.console = -1  # pty master
         self.stdin_fd = -1  # our end of the container's stdin pipe
         self.stdin_pump = 0
@@ -186,7 +191,8 @@ class Shim:
         self.containers: dict[tuple[str, str], Container] = {}
         self.by_pid: dict[int, Proc] = {}
         self.early_exits: dict[int, tuple[int, float]] = {}
-        self.runc_pids: set[int] = set()
+        self.runc_waits: dict[int, tuple[Generator[int, int, Any], Conn, Any, list[int], str]] = {}
+        self.creating: set[tuple[str, str]] = set()
         self.had_container = False
         self.started = time.monotonic()
         self.exiting = False
@@ -247,7 +253,7 @@ class Shim:
         return t
 
     def _should_exit(self) -> bool:
-        if self.containers:
+        if self.containers or self.creating or self.runc_waits:
             return False
         if self.exiting or self.had_container:
             return True
@@ -284,6 +290,10 @@ class Shim:
                 return
             if pid == 0:
                 return
+            w = self.runc_waits.pop(pid, None)
+            if w is not None:  # a runc command ended: resume the handler that started it
+                self._drive(w[0], w[1], w[2], w[3], w[4], status)
+                continue
             code = _exit_code(status)
             now = time.time()
             p = self.by_pid.pop(pid, None)
@@ -346,6 +356,9 @@ class Shim:
 
     def _final(self, p: Proc) -> None:
         if p.final:
+            return
+        if p.starting:  # containerd's rule: an exit is never published before its start
+            p.final_pending = True
             return
         p.final = True
         c = p.cont
@@ -480,16 +493,38 @@ class Shim:
         try:
             result = handler(params, fds, c, rid)
         except ShimError as e:
-            _close_all(fds)
+            _close_list(fds)
             self._reply(c, rid, error=e)
             return
         except Exception as e:
-            _close_all(fds)
+            _close_list(fds)
             _log(f"{method} failed: {type(e).__name__}: {e}")
             self._reply(c, rid, error=ShimError("internal", f"shim: {method}: {type(e).__name__}: {e}"))
             return
-        if result is not _PARKED:
+        if hasattr(result, "send"):  # a handler that runs runc: driven by the reaper, never blocking
+            self._drive(result, c, rid, fds, method, None)
+        elif result is not _PARKED:
             self._reply(c, rid, result=result)
+
+    def _drive(self, gen: Generator[int, int, Any], c: Conn, rid: Any, fds: list[int], method: str,
+               value: int | None) -> None:
+        """Run a handler until it waits for a process (its pid) or returns (the reply)."""
+        try:
+            pid = gen.send(value)  # type: ignore[arg-type]
+        except StopIteration as stop:
+            if stop.value is not _PARKED:
+                self._reply(c, rid, result=stop.value)
+            return
+        except ShimError as e:
+            _close_list(fds)
+            self._reply(c, rid, error=e)
+            return
+        except Exception as e:
+            _close_list(fds)
+            _log(f"{method} failed: {type(e).__name__}: {e}")
+            self._reply(c, rid, error=ShimError("internal", f"shim: {method}: {type(e).__name__}: {e}"))
+            return
+        self.runc_waits[pid] = (gen, c, rid, fds, method)
 
     def _cont(self, params: dict[str, Any]) -> Container:
         key = (str(params.get("ns", "")), str(params.get("id", "")))
@@ -501,7 +536,12 @@ class Shim:
     # -- runc ----------------------------------------------------------------------------------------
 
     def _runc(self, c: Container, args: list[str], stdio: tuple[int, int, int] | None = None,
-              capture: bool = False) -> bytes:
+              capture: bool = False) -> Generator[int, int, bytes]:
+        """Run runc without blocking the shim: yields runc's pid, is resumed with its wait status
+        (the reaper hands it over) and returns what runc printed when ``capture``.
+
+        Use as ``out = yield from self._runc(...)`` inside an RPC handler (a generator).
+        """
         t0 = time.monotonic()
         argv = [*c.runc, *args]
         log = argv[argv.index("--log") + 1]
@@ -522,7 +562,7 @@ class Shim:
                                       setsigdef=_DEFAULT_SIGNALS, setsigmask=())
             except OSError as e:
                 raise ShimError("failed_precondition", f"cannot run {argv[0]!r}: {e.strerror}") from None
-            _, status = os.waitpid(pid, 0)
+            status = yield pid
             output = b""
             if capture:
                 os.lseek(out, 0, os.SEEK_SET)
@@ -664,7 +704,7 @@ class Shim:
                 p.stdin_pump = self.loop.add_pump(src, [(dst, shimio.RAW, "stdin")])
 
     def _spawn_with_io(self, c: Container, p: Proc, io: dict[str, Any], fds: list[int],
-                       args_for: Any) -> None:
+                       args_for: Any) -> Generator[int, int, None]:
         """Open stdio, run runc (create or exec) with it, then start the copies."""
         child = self._setup_io(p, io, fds)
         null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -680,7 +720,7 @@ class Shim:
                     os.unlink(console_path)
                 console_sock.bind(console_path)
                 console_sock.listen(1)
-            self._runc(c, args_for(console_path), stdio=stdio)  # type: ignore[arg-type]
+            yield from self._runc(c, args_for(console_path), stdio=stdio)  # type: ignore[arg-type]
             if console_sock is not None:
                 p.console = _recv_console(console_sock)
                 dests = p.io.pop("_term_dests", [])
@@ -722,7 +762,7 @@ class Shim:
 
     def rpc_create(self, params: dict[str, Any], fds: list[int], conn: Conn, rid: Any) -> Any:
         ns, id, bundle = str(params["ns"]), str(params["id"]), str(params["bundle"])
-        if (ns, id) in self.containers:
+        if (ns, id) in self.containers or (ns, id) in self.creating:
             raise ShimError("already_exists", f"task {id!r} already exists in namespace {ns!r}")
         if self.exiting:
             raise ShimError("unavailable", "shim is shutting down")
@@ -734,11 +774,13 @@ class Shim:
         io = dict(params.get("io") or {})
         c.init.io = io
         pid_file = os.path.join(bundle, "init.pid")
+        self.creating.add((ns, id))
         try:
-            self._spawn_with_io(c, c.init, io, fds,
-                                lambda cs: R.create_args(bundle, pid_file, id, cs))
+            yield from self._spawn_with_io(c, c.init, io, fds,
+                                           lambda cs: R.create_args(bundle, pid_file, id, cs))
         finally:
-            _close_all([fd for fd in fds if fd >= 0])
+            self.creating.discard((ns, id))
+            _close_list(fds)
         with open(pid_file) as f:
             pid = int(f.read().strip())
         self.containers[(ns, id)] = c
@@ -753,10 +795,21 @@ class Shim:
         c = self._cont(params)
         exec_id = str(params.get("exec_id", ""))
         p = c.proc(exec_id)
-        if p.status != "created":
-            raise ShimError("failed_precondition", f"process {exec_id or c.id!r} is {p.status}, not created")
+        if p.status != "created" or p.starting:
+            state = "starting" if p.starting else p.status
+            raise ShimError("failed_precondition", f"process {exec_id or c.id!r} is {state}, not created")
+        p.starting = True
+        try:
+            return (yield from self._start(c, p, exec_id))
+        finally:
+            p.starting = False
+            if p.final_pending:
+                p.final_pending = False
+                self._final(p)
+
+    def _start(self, c: Container, p: Proc, exec_id: str) -> Generator[int, int, Any]:
         if not exec_id:
-            self._runc(c, ["start", c.id])
+            yield from self._runc(c, ["start", c.id])
             if p.status == "created":
                 p.status = "running"
             self.publish(c, "/tasks/start", {"container_id": c.id, "pid": p.pid})
@@ -770,9 +823,10 @@ class Shim:
         write_atomic(spec_file, json.dumps(p.spec).encode(), sync=False)
         pfds = p.io.pop("_fds", [])
         try:
-            self._spawn_with_io(c, p, p.io, pfds, lambda cs: R.exec_args(spec_file, pid_file, c.id, cs))
+            yield from self._spawn_with_io(c, p, p.io, pfds,
+                                           lambda cs: R.exec_args(spec_file, pid_file, c.id, cs))
         finally:
-            _close_all([fd for fd in pfds if fd >= 0])
+            _close_list(pfds)
             with contextlib.suppress(OSError):
                 os.unlink(spec_file)
         with open(pid_file) as pf:
@@ -817,7 +871,7 @@ class Shim:
             os.kill(p.pid, sig)
             return {}
         try:
-            self._runc(c, R.kill_args(c.id, sig, bool(params.get("all"))))
+            yield from self._runc(c, R.kill_args(c.id, sig, bool(params.get("all"))))
         except ShimError as e:
             if R.is_not_running(e.message):
                 raise ShimError("failed_precondition", f"process {c.id!r} has already exited") from None
@@ -828,7 +882,7 @@ class Shim:
         c = self._cont(params)
         if c.init.status != "running":
             raise ShimError("failed_precondition", f"task {c.id!r} is {c.init.status}, not running")
-        self._runc(c, ["pause", c.id])
+        yield from self._runc(c, ["pause", c.id])
         c.init.status = "paused"
         self.publish(c, "/tasks/paused", {"container_id": c.id})
         return {}
@@ -837,7 +891,7 @@ class Shim:
         c = self._cont(params)
         if c.init.status != "paused":
             raise ShimError("failed_precondition", f"task {c.id!r} is {c.init.status}, not paused")
-        self._runc(c, ["resume", c.id])
+        yield from self._runc(c, ["resume", c.id])
         if c.init.status == "paused":
             c.init.status = "running"
         self.publish(c, "/tasks/resumed", {"container_id": c.id})
@@ -847,7 +901,7 @@ class Shim:
         c = self._cont(params)
         if c.init.status == "stopped":
             return []
-        out = self._runc(c, ["ps", "--format", "json", c.id], capture=True)
+        out = yield from self._runc(c, ["ps", "--format", "json", c.id], capture=True)
         import json
 
         pids = json.loads(out or b"[]") or []
@@ -901,7 +955,7 @@ class Shim:
             raise ShimError("failed_precondition",
                             f"task {c.id!r} is {p.status}: stop it first (kill) or delete with force")
         try:
-            self._runc(c, R.delete_args(c.id, force=force or p.status != "stopped"))
+            yield from self._runc(c, R.delete_args(c.id, force=force or p.status != "stopped"))
         except ShimError as e:
             if not R.is_not_exist(e.message):
                 raise
@@ -1011,6 +1065,15 @@ def _classify(message: str) -> str:
     if R.is_not_exist(message):
         return "not_found"
     return "failed_precondition"
+
+
+def _close_list(fds: list[int]) -> None:
+    """Close the request's fds not handed on, and mark them closed (never twice: numbers are reused)."""
+    for i, fd in enumerate(fds):
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            fds[i] = -1
 
 
 def _close_all(fds: list[int]) -> None:
