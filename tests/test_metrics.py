@@ -644,3 +644,44 @@ def test_runtime_task_cgroups_follow_the_task_life_cycle(tmp_path: Path) -> None
         assert cc.reader.open_files == 0  # the stopped task's files were let go
         t.delete()
         assert rt.task_cgroups() == []
+
+
+class _RecordedRuntime:
+    """A third-party runtime plugin whose tasks live in the recorded cgroup v2 tree."""
+
+    @hookimpl
+    def pyctr_plugin_registrations(self) -> list[Any]:
+        from pyctr.registry import Registration
+
+        class Runtime:
+            def task_cgroups(self) -> list[dict[str, str]]:
+                return [{"namespace": "prod", "id": "web", "cgroup": "/pyctr/default/web", "status": "running"},
+                        {"namespace": "prod", "id": "old", "cgroup": "/pyctr/default/gone", "status": "running"}]
+
+        return [Registration(type="runtime", id="test.runtime.recorded", init=lambda ctx: Runtime())]
+
+
+def test_service_on_cgroup_v2_with_a_third_party_runtime(tmp_root: Roots) -> None:
+    from pyctr import config as _config
+    from pyctr.engine import Engine
+    from pyctr.registry import make_plugin_manager
+
+    tmp_root.config.write_text(f'[plugins."pyctr.metrics.prometheus"]\ncgroup_root = "{V2_ROOT}"\n')
+    pm = make_plugin_manager()
+    pm.register(_RecordedRuntime(), name="recorded-runtime")
+    cfg = _config.load(str(tmp_root.config), root=str(tmp_root.root), state=str(tmp_root.state))
+    engine = Engine(cfg, plugin_manager=pm)
+    try:
+        m = engine.plugin("metrics")
+        _, s = parse(m.render())
+        stats = m.container_stats("prod", "web")
+    finally:
+        engine.close()
+    web = {"container_id": "web", "namespace": "prod"}
+    assert value(s, "container_memory_usage_limit_bytes", **web) == 64 * MiB
+    assert value(s, "container_cpu_total_nanoseconds", **web) == 2_500_000_000
+    assert value(s, "container_memory_oom_total", **web) == 2
+    assert value(s, "pyctr_tasks", namespace="prod", status="running") == 2
+    assert not [lab for v in s.values() for lab, _ in v if lab.get("container_id") == "old"]  # empty cgroup
+    assert value(s, "pyctr_metrics_containers_read") == 1
+    assert stats["version"] == 2 and stats["memory_usage"] == 26345472
