@@ -32,7 +32,7 @@ def error_from(code: str, message: str) -> PyctrError:
 
 
 class ShimClient:
-    """One connection to a shim; calls are serialised (thread-safe)."""
+    """Calls to one shim (thread-safe): a kept connection, plus short-lived ones for concurrent calls."""
 
     def __init__(self, address: str, timeout: float = 60.0) -> None:
         self.address = address
@@ -70,13 +70,15 @@ class ShimClient:
         t = self.timeout if timeout is not None and timeout < 0 else timeout
         if fds:
             params = {**params, "fds": len(fds)}
-        if dedicated or self._closed:
+        # the kept connection when it is free; else one of the call's own (the shim serves
+        # connections side by side: a create waiting for runc does not hold up the others)
+        if dedicated or self._closed or not self._lock.acquire(blocking=False):
             s = self._connect(t)
             try:
                 return self._roundtrip(s, method, params, fds, t)
             finally:
                 s.close()
-        with self._lock:
+        try:
             if self._closed:
                 return self.call(method, params, fds, timeout, dedicated=True)
             if self._sock is None:
@@ -87,6 +89,8 @@ class ShimClient:
             except (ShimGone, DeadlineExceeded):
                 self._close_locked()
                 raise
+        finally:
+            self._lock.release()
 
     def _roundtrip(self, s: socket.socket, method: str, params: dict[str, Any], fds: Sequence[int],
                    timeout: float | None) -> Any:
