@@ -47,6 +47,7 @@ Whiteouts = Literal["overlay", "native"]
 ChunkSource = Callable[[], bytes]
 
 CHUNK = 1 << 20  # bytes per pipeline chunk
+ZSTD_MAX_WINDOW = 1 << 28  # a frame may not make the decoder allocate more (zstd --long uses 128 MiB)
 QUEUE_DEPTH = 8  # chunks in flight between the decompressor and the extractor
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -230,7 +231,7 @@ class _Pipeline:
             frames.feed(data)
             return data
 
-        reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
+        reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(
             cast(BinaryIO, _RawReader(raw)), read_size=CHUNK, read_across_frames=True
         )
         while not self._stop.is_set():

@@ -350,6 +350,17 @@ def test_decompression_bomb_limit(apply: Apply, root: Path) -> None:
     apply(gzip.compress(layer), root, max_uncompressed=9 << 20)
 
 
+def test_zstd_window_limit(apply: Apply, root: Path) -> None:
+    """A zstd frame may not make the decoder allocate a window larger than tario.ZSTD_MAX_WINDOW."""
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=30, enable_ldm=True,
+                                                            write_content_size=False)
+    c = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    blob = c.compress(make_tar([E("f", data=b"x" * 1000)])) + c.flush()
+    assert zstandard.get_frame_parameters(blob).window_size > tario.ZSTD_MAX_WINDOW
+    with pytest.raises(DataLoss, match="memory"):
+        apply(blob, root)
+
+
 # -- whiteouts --------------------------------------------------------------------------------------
 
 
