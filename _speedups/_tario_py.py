@@ -35,6 +35,7 @@ from pyctr.errdefs import (
 
 BLOCK = 512
 MAX_META = 1 << 20  # largest PAX / GNU long-name record accepted
+MAX_SPARSE = 1 << 16  # most segments of one sparse file (old GNU format; PAX maps fit in MAX_META)
 MAX_ID = 0xFFFFFFFE  # (uid_t)-1 means "unchanged" to chown
 MAX_SYMLINKS = 40
 TIME_MAX = (1 << 63) - 1  # ns; wilder times are clamped
@@ -321,6 +322,8 @@ def _finish_header(h: Header, block: bytes, pax: list[tuple[bytes, bytes]], stre
         segs = _old_gnu_sparse(block[386:482], 4)
         ext = block[482]
         while ext:
+            if len(segs) > MAX_SPARSE:
+                raise InvalidArgument(f"layer has a sparse file with more than {MAX_SPARSE} segments")
             eb = stream.read(BLOCK, "a sparse header")
             segs.extend(_old_gnu_sparse(eb[0:504], 21))
             ext = eb[504]
