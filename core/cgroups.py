@@ -8,7 +8,7 @@ so they survive a restart of pyctr.
 
 Files read::
 
-    v1  <root>/cpuacct/<path>/cpuacct.usage, cpuacct.usage_user, cpuacct.usage_sys
+    v1  <root>/cpuacct/<path>/cpuacct.usage, cpuacct.usage_user, cpuacct.usage_sys, cpuacct.usage_percpu
         <root>/cpu/<path>/cpu.stat                              (throttling)
         <root>/memory/<path>/memory.usage_in_bytes, memory.limit_in_bytes, memory.max_usage_in_bytes,
                              memory.stat, memory.oom_control    (oom_kill: kernels >= 4.13)
@@ -82,6 +82,7 @@ class CgroupStats:
     cpu_nr_periods: int | None = None
     cpu_nr_throttled: int | None = None
     cpu_throttled_ns: int | None = None
+    cpu_per_cpu_ns: list[int] = field(default_factory=list)  # v1 only (cpuacct.usage_percpu)
     # memory
     memory_usage: int | None = None
     memory_limit: int | None = None
@@ -115,6 +116,7 @@ class CgroupStats:
     def from_dict(cls, d: Mapping[str, Any]) -> CgroupStats:
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
         kw["io_devices"] = [IODevice.from_dict(x) for x in d.get("io_devices") or []]
+        kw["cpu_per_cpu_ns"] = [int(x) for x in d.get("cpu_per_cpu_ns") or []]
         return cls(**kw)
 
 
@@ -392,6 +394,12 @@ def read_v1(path: str, root: str = CGROUP_ROOT, rd: Reader = _read) -> CgroupSta
     st.cpu_usage_ns = _int(rd(cpuacct + "cpuacct.usage"))
     st.cpu_user_ns = _int(rd(cpuacct + "cpuacct.usage_user"))
     st.cpu_system_ns = _int(rd(cpuacct + "cpuacct.usage_sys"))
+    percpu = rd(cpuacct + "cpuacct.usage_percpu")
+    if percpu:
+        try:
+            st.cpu_per_cpu_ns = [int(x) for x in percpu.split()]
+        except ValueError:
+            st.cpu_per_cpu_ns = []
     if st.cpu_usage_ns is not None and st.cpu_user_ns is None:
         ticks = _kv(rd(cpuacct + "cpuacct.stat"))  # USER_HZ ticks on kernels without usage_user
         hz = os.sysconf("SC_CLK_TCK") or 100

@@ -60,6 +60,7 @@ def test_v2_unlimited_memory_and_missing_files() -> None:
     assert st.pids_limit == 100 and st.memory_oom_kills == 0
     assert st.cpu_nr_periods is None  # no cpu controller: only the core cpu.stat keys
     assert st.io_devices == [] and st.io_read_bytes == 0
+    assert st.cpu_per_cpu_ns == []  # v2 has no per-CPU figures
     assert cgroups.frozen("/pyctr/default/paused", V2_ROOT)
     assert not cgroups.populated("/pyctr/default/gone", V2_ROOT)
 
@@ -234,6 +235,7 @@ def test_v1_reader_on_a_real_cgroup(v1group: V1Group, tmp_path: Path) -> None:
         assert st.memory_max_usage is not None and st.memory_max_usage >= st.memory_usage
         assert st.cpu_usage_ns is not None and st.cpu_usage_ns >= 50_000_000
         assert st.cpu_user_ns is not None and st.cpu_user_ns > 0
+        assert len(st.cpu_per_cpu_ns) >= 1 and sum(st.cpu_per_cpu_ns) >= 0.9 * st.cpu_usage_ns
         assert st.cpu_system_ns is not None
         # CFS bandwidth is on (periods counted); whether a period was throttled depends on the load
         assert st.cpu_nr_periods and st.cpu_nr_throttled is not None and st.cpu_throttled_ns is not None

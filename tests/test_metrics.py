@@ -472,6 +472,8 @@ def test_daemon_serves_container_and_daemon_metrics(env: Env) -> None:
     cpu2 = value(s, "container_cpu_total_nanoseconds", **cpu)
     assert cpu2 is not None and cpu2 - cpu1 >= 10_000_000, "the CPU burner's usage did not grow"
     assert (value(s, "container_cpu_throttle_periods_total", **cpu) or 0) > 0  # --cpus 0.5: CFS periods
+    per_cpu = [v for lab, v in s["container_per_cpu_nanoseconds"] if lab["container_id"] == "cpu"]
+    assert per_cpu and sum(per_cpu) >= 0.9 * cpu2
     # restart-safe: a new daemon reads the same kernel counters (containers outlive the daemon)
     env.stop_daemon()
     env.start_daemon()
@@ -635,7 +637,7 @@ def test_runtime_task_cgroups_follow_the_task_life_cycle(tmp_path: Path) -> None
         assert status() == "running"
         s = series()
         assert value(s, "container_memory_usage_limit_bytes", container_id="t1") == 32 * MiB
-        assert value(s, "container_pids_current", container_id="t1") == 1
+        assert (value(s, "container_pids_current", container_id="t1") or 0) >= 1  # threads count too
         assert cc.reader.open_files > 0
         t.kill(9)
         t.wait(timeout=20)

@@ -34,6 +34,9 @@ def stats_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
     for k, v in stats.items():
         if k == "io_devices":
             continue
+        if k == "cpu_per_cpu_ns":
+            rows.extend((f"cpu_ns cpu{i}", f"{n} ({n / 1e9:.3f} s)") for i, n in enumerate(v or []))
+            continue
         if v is None:
             text = "-"
         elif isinstance(v, int) and not isinstance(v, bool) and k.startswith("memory_") and k not in (

@@ -94,6 +94,7 @@ _SIMPLE: list[tuple[str, str, str]] = [
     ("container_pids_limit", "The process limit of the container (absent when unlimited)", "pids_limit"),
 ]
 _OOM = ("container_memory_oom_total", "The number of processes of the container killed by the OOM killer")
+_PER_CPU = ("container_per_cpu_nanoseconds", "The CPU time used by the container on each CPU (cgroup v1)")
 _IO_BYTES = ("container_blkio_io_service_bytes_recursive_bytes", "Bytes read and written by the container")
 _IO_OPS = ("container_blkio_io_serviced_recursive_total", "Read and write operations of the container")
 _IO_LABELS = [*LABELS, "op", "device", "major", "minor"]
@@ -157,6 +158,7 @@ class ContainerCollector:
         fams: list[tuple[str, str, list[str], list[_Row]]] = [(n, h, LABELS, []) for n, h, _ in _SIMPLE]
         attrs = [a for _, _, a in _SIMPLE]
         oom: list[_Row] = []
+        per_cpu: list[_Row] = []
         io_bytes: list[_Row] = []
         io_ops: list[_Row] = []
         for ref, st in stats:
@@ -168,6 +170,8 @@ class ContainerCollector:
                     rows.append((lv, lvals, v))
             # the cgroup's own count is restart-safe; the shim's notifications cover old kernels
             oom.append((lv, lvals, max(st.memory_oom_kills or 0, ooms.get((ref.namespace, ref.id), 0))))
+            for cpu, ns in enumerate(st.cpu_per_cpu_ns):
+                per_cpu.append((f'{lv},cpu="{cpu}"', (*lvals, str(cpu)), ns))
             for dev in st.io_devices:
                 name = cgroups.device_name(dev.major, dev.minor)
                 dv = (name, str(dev.major), str(dev.minor))
@@ -176,7 +180,8 @@ class ContainerCollector:
                                          ("Write", dev.write_bytes, dev.write_ops)):
                     io_bytes.append((f'{lv},op="{op}",{dl}', (*lvals, op, *dv), nbytes))
                     io_ops.append((f'{lv},op="{op}",{dl}', (*lvals, op, *dv), nops))
-        return [*fams, (*_OOM, LABELS, oom), (*_IO_BYTES, _IO_LABELS, io_bytes), (*_IO_OPS, _IO_LABELS, io_ops)]
+        return [*fams, (*_OOM, LABELS, oom), (*_PER_CPU, [*LABELS, "cpu"], per_cpu),
+                (*_IO_BYTES, _IO_LABELS, io_bytes), (*_IO_OPS, _IO_LABELS, io_ops)]
 
     def exposition(self) -> str:
         """Every container family in the Prometheus text format (0.0.4)."""
