@@ -12,6 +12,7 @@ code  name         payload (msgpack)
 3     enum         ``[qualified class name, value]``
 4     handle       integer: an object living in the server, called through the connection
 5     error        ``[code, message]`` (only inside stream items)
+6     path         the raw bytes of a file system path
 ====  ===========  ==========================================================================
 """
 
@@ -35,7 +36,7 @@ from ..errdefs import Internal, InvalidArgument
 MAX_FRAME = 64 << 20
 HEADER = struct.Struct(">I")
 
-EXT_TUPLE, EXT_RECORD, EXT_ENUM, EXT_HANDLE, EXT_ERROR = 1, 2, 3, 4, 5
+EXT_TUPLE, EXT_RECORD, EXT_ENUM, EXT_HANDLE, EXT_ERROR, EXT_PATH = 1, 2, 3, 4, 5, 6
 _FUNCTIONS = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
 
 
@@ -86,7 +87,9 @@ def make_packer(to_handle: Callable[[Any], int] | None) -> msgpack.Packer:
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
             return msgpack.ExtType(EXT_RECORD, pack_value([_qualname(type(obj)), fields]))
-        if isinstance(obj, (pathlib.PurePath, os.PathLike)):
+        if isinstance(obj, pathlib.PurePath):
+            return msgpack.ExtType(EXT_PATH, os.fsencode(obj))
+        if isinstance(obj, os.PathLike):
             return os.fspath(obj)
         if isinstance(obj, (set, frozenset)):
             return list(obj)
@@ -125,6 +128,8 @@ def make_ext_hook(from_handle: Callable[[int], Any]) -> Callable[[int, bytes], A
             return obj
         if code == EXT_HANDLE:
             return from_handle(unpack(data))
+        if code == EXT_PATH:
+            return pathlib.Path(os.fsdecode(data))
         if code == EXT_ERROR:
             from ..errdefs import from_code
 
