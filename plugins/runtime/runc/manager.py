@@ -357,14 +357,39 @@ class RuncRuntime:
             self._cleanup_dead(ns, id, publish=False)  # leftovers of a crash: clear them
         spec = json.loads(json.dumps(dict(bundle_spec)))
         cg = self._prepare_spec(spec, ns, id, io, bool(rootfs_mounts))
-        try:
-            b.create(spec)
-        except FileExistsError:
-            raise AlreadyExists(f"task {id!r} already exists in namespace {ns!r}") from None
+        # the shim starts (or is found) while the bundle is written and the rootfs mounted
+        shim: list[tuple[str, bool] | BaseException] = []
+
+        def find_shim() -> None:
+            try:
+                shim.append(self.ensure_shim(ns, group))
+            except BaseException as e:
+                shim.append(e)
+
+        finder = threading.Thread(target=find_shim, name="pyctr-shim-start", daemon=True)
+        finder.start()
         address = ""
         try:
-            b.mount_rootfs(rootfs_mounts)
-            address, fresh = self.ensure_shim(ns, group)
+            try:
+                b.create(spec)
+            except FileExistsError:
+                raise AlreadyExists(f"task {id!r} already exists in namespace {ns!r}") from None
+        except BaseException:
+            finder.join()
+            found = shim[0]
+            if isinstance(found, tuple) and found[1]:  # a shim started for nothing
+                with contextlib.suppress(PyctrError):
+                    self.client(found[0]).call("shutdown", {}, timeout=2.0)
+            raise
+        try:
+            try:
+                b.mount_rootfs(rootfs_mounts)
+            finally:
+                finder.join()
+            found = shim[0]
+            if isinstance(found, BaseException):
+                raise found
+            address, fresh = found
             rec = {"address": address, "group": group, "ns": ns, "id": id, "cgroup": cg,
                    "runc_root": self.runc_root_for(ns), "created_at": time.time()}
             b.write("shim.json", rec)
