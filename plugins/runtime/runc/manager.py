@@ -581,8 +581,11 @@ class RuncRuntime:
         for c in clients:
             c.close()
         if self._event_sock is not None:
-            with contextlib.suppress(OSError):
-                self._event_sock.shutdown(socket.SHUT_RDWR)
+            # wake the reader with an empty datagram (closing does not interrupt its recv)
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as w:
+                w.sendto(b"", self._event_address)
+            if self._event_thread is not None:
+                self._event_thread.join(timeout=2.0)
             self._event_sock.close()
             with contextlib.suppress(OSError):
                 os.unlink(self._event_address)
