@@ -623,3 +623,21 @@ def test_shim_rpc_rejects_bad_requests(rt: RuncRuntime) -> None:
         assert wait_gone(int(info["shim_pid"]))
     finally:
         c.close()
+
+
+def test_group_shim_replaced_after_crash(rt: RuncRuntime, rootfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task whose group shim died, while a new shim now serves the group, reads as stopped (255)."""
+    from pyctr.plugins.runtime.runc import manager
+
+    a = rt.create(NS, "old", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO(), group="grp")
+    a.start()
+    shim = a.state().shim_pid
+    os.kill(shim, signal.SIGKILL)
+    assert wait_gone(shim)
+    b = rt.create(NS, "new", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO(), group="grp")
+    assert b.state().shim_pid != shim
+    monkeypatch.setattr(manager, "_CREATE_GRACE", 0.0)  # "old" is not a create in flight
+    st = rt.get(NS, "old").state()
+    assert (st.status, st.exit_status, st.reason) == (TaskStatus.STOPPED, 255, "shim died")
+    rt.get(NS, "old").delete()
+    b.delete(force=True)

@@ -697,6 +697,13 @@ class RuncTask:
                 raise task_not_found(self._ns, self._id) from None
             self._rt._cleanup_dead(self._ns, self._id)
             raise
+        except NotFound:
+            # the group's socket answers, but from a later shim that never had this task: its own
+            # shim died (an exec that is not found is just that)
+            if exec_id or not self.bundle.path.exists() or _age(self.bundle.path) < _CREATE_GRACE:
+                raise
+            self._rt._cleanup_dead(self._ns, self._id)
+            raise ShimGone(f"the shim of task {self._id!r} is gone") from None
 
     def _dead_state(self, exec_id: str) -> TaskState | None:
         st = self.bundle.read("status.json")
