@@ -440,3 +440,37 @@ def test_progress_renderer_draws_per_blob_lines() -> None:
     quiet = io.StringIO()
     ProgressRenderer(quiet)(ProgressEvent(f"layer-{a}", a, "layer", "done", 1, 1))
     assert quiet.getvalue() == ""  # not a terminal: no bars
+
+
+def test_interrupted_pull_resumes(registry_factory: RegistryFactory, big_layout: Any,
+                                  pyctr_client_factory: ClientFactory) -> None:
+    """Ctrl-C in the middle of a parallel pull stops every transfer promptly; a rerun resumes."""
+    import os
+    import signal
+    import time
+
+    srv = registry_factory()
+    skopeo_push(big_layout, f"{srv.addr}/x/big:1")
+    c = pyctr_client_factory(max_concurrent_downloads=3)
+    big = max(big_layout.blobs, key=lambda d: big_layout.blobs[d])
+    fired = threading.Event()
+
+    def progress(ev: Any) -> None:
+        if ev.digest == big and ev.state == "downloading" and ev.offset > 0 and not fired.is_set():
+            fired.set()
+            srv.pause()  # hold the transfer where it is, then press "Ctrl-C"
+            os.kill(os.getpid(), signal.SIGINT)
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _dist(c).fetch("default", f"{srv.addr}/x/big:1", plain_http=True, progress=progress)
+            time.sleep(5)  # the interrupt may land just after fetch returned
+    finally:
+        srv.resume()
+    assert fired.is_set()
+    assert time.monotonic() - t0 < 20  # did not wait for the paused transfer to time out fully
+    assert c.plugin("metadata").leases.list("default") == []
+    res = _dist(c).fetch("default", f"{srv.addr}/x/big:1", plain_http=True)
+    assert res.bytes_resumed > 0
+    assert _content(c).exists("default", big)

@@ -121,6 +121,14 @@ class Response:
         self.close()
         return data
 
+    def abort(self) -> None:
+        """From another thread: wake a read blocked on this response's socket (it then fails)."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close(self, reuse: bool = True) -> None:
         conn, self._conn = self._conn, None
         if conn is None:

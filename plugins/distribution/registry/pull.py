@@ -43,7 +43,7 @@ from pyctr.errdefs import (
 )
 from pyctr.reference import Reference
 
-from .client import BUFSIZE, TRANSIENT_ERRORS, RepositoryClient, describe_os_error
+from .client import BUFSIZE, TRANSIENT_ERRORS, RepositoryClient, Response, describe_os_error
 
 log = logging.getLogger("pyctr.distribution")
 
@@ -191,6 +191,7 @@ class Fetcher:
         self.result = FetchResult(name=str(ref), target=Descriptor("", "sha256:" + "0" * 64, 0))
         self._seen: set[str] = set()
         self._cancel = threading.Event()  # set when one transfer failed: the others stop early
+        self._active: set[Response] = set()  # responses being streamed, woken up on cancel
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -235,6 +236,7 @@ class Fetcher:
         ref = img.ingest_ref(desc)
         waited = False
         while True:
+            self._check_cancel()
             if self._exists(desc.digest):
                 return None
             try:
@@ -326,6 +328,7 @@ class Fetcher:
                 except PyctrError:
                     raise
                 except TRANSIENT_ERRORS as e:
+                    self._check_cancel()
                     moved = w.offset > start
                     failures = 0 if moved else failures + 1
                     if failures > self.retries:
@@ -356,8 +359,10 @@ class Fetcher:
     def _stream(self, desc: Descriptor, w: Any, mv: memoryview, start: int, ref: str, kind: str) -> int:
         headers = {"Range": f"bytes={start}-"} if start else {}
         resp = self.rc.request("GET", f"blobs/{desc.digest}", headers, ok=(200, 206),
-                               what=f"blob {desc.digest}")
+                               what=f"blob {desc.digest}", on_retry=self._check_cancel)
         got = 0
+        with self._lock:
+            self._active.add(resp)
         try:
             if start:
                 if resp.status == 200:
@@ -386,9 +391,26 @@ class Fetcher:
                 raise ConnectionResetError(f"connection closed at byte {w.offset} of {desc.size}")
         except BaseException:
             resp.close(reuse=False)
+            if self._cancel.is_set():
+                raise _Cancelled() from None
             raise
+        finally:
+            with self._lock:
+                self._active.discard(resp)
         resp.close()
         return got
+
+    def _check_cancel(self, *_: object) -> None:
+        if self._cancel.is_set():
+            raise _Cancelled()
+
+    def cancel(self) -> None:
+        """Stop every transfer now: flag them and wake those blocked reading a socket."""
+        self._cancel.set()
+        with self._lock:
+            active = list(self._active)
+        for resp in active:
+            resp.abort()
 
     # -- the graph -----------------------------------------------------------------------------
 
@@ -447,13 +469,19 @@ class Fetcher:
             return
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="pyctr-fetch") as pool:
             futures = [pool.submit(one, d) for d in leaves]
-            _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            try:
+                _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C: stop the workers now; their ingests stay for a resume
+                self.cancel()
+                for f in futures:
+                    f.cancel()
+                raise
             for f in pending:
                 f.cancel()
             errors = [e for f in futures if f.done() and not f.cancelled()
                       and (e := f.exception()) is not None and not isinstance(e, _Cancelled)]
             if errors:
-                self._cancel.set()
+                self.cancel()
                 # running transfers stop at their next chunk (keeping their ingests); report the first error
                 wait([f for f in futures if not f.cancelled()])
                 err = errors[0]
