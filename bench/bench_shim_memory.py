@@ -64,6 +64,8 @@ def run(n: int, grouped: bool, rootfs: Path, workdir: Path) -> dict[str, float]:
         pss = sum(pss_kb(p) for p in shims)
         rss = sum(rss_kb(p) for p in shims)
         cont_pss = sum(pss_kb(t.pid) for t in tasks) / n
+        z = rt.client(rt.zygote_address).ping(timeout=1.0)
+        zygote_pss = pss_kb(int(z["zygote_pid"])) if z else 0
         after = mem_available_kb()
         t1 = time.perf_counter()
         for t in tasks:
@@ -74,7 +76,7 @@ def run(n: int, grouped: bool, rootfs: Path, workdir: Path) -> dict[str, float]:
         removed = time.perf_counter() - t1
     return {"shims": len(shims), "shim_pss_kb": pss, "shim_rss_kb": rss, "per_container_pss_kb": pss / n,
             "container_pss_kb": cont_pss, "memavail_drop_per_container_kb": (before - after) / n,
-            "start_s": started, "remove_s": removed}
+            "start_s": started, "remove_s": removed, "zygote_pss_kb": zygote_pss}
 
 
 def main() -> None:
@@ -94,7 +96,8 @@ def main() -> None:
                   f"PSS/container {r['per_container_pss_kb'] / 1024:.3f} MB  "
                   f"container PSS {r['container_pss_kb']:.0f} kB  "
                   f"MemAvailable drop/container {r['memavail_drop_per_container_kb'] / 1024:.2f} MB  "
-                  f"start {r['start_s']:.2f} s  remove {r['remove_s']:.2f} s")
+                  f"start {r['start_s']:.2f} s  remove {r['remove_s']:.2f} s  "
+                  f"(zygote PSS {r['zygote_pss_kb'] / 1024:.2f} MB)")
 
 
 if __name__ == "__main__":
