@@ -446,45 +446,30 @@ cdef class _Pax:
 class _Extractor(_py._Extractor):
     """The twin's extractor with the per-entry hot path compiled."""
 
-    def dirfd(self, parts, create):
+    def _resolve(self, bytes key, parts, create):
         cdef pyctr_open_how how
-        cdef int fd
-        cdef bytes key
-        cdef int err
+        cdef int fd, err
+        cdef int rootfd = self.rootfd
+        cdef const char *ckey = key
         global _openat2_ok
-        if not parts:
-            return self.rootfd
-        key = b"/".join(parts)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return cached
-        fd = -1
         if _openat2_ok:
             memset(&how, 0, sizeof(how))
             how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC
             how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
-            rootfd = <int>self.rootfd
             while True:
-                fd = syscall(SYS_OPENAT2, rootfd, PyBytes_AS_STRING(key), &how, sizeof(how))
+                with nogil:
+                    fd = syscall(SYS_OPENAT2, rootfd, ckey, &how, sizeof(how))
                 if fd >= 0:
-                    break
+                    return fd
                 err = errno
                 if err == EAGAIN or err == EINTR:
                     continue
-                if err == ENOENT:
-                    if not create:
-                        raise _oserror(err, key)
-                elif err == ENOSYS:
+                if err == ENOSYS:
                     _openat2_ok = False
-                else:
+                elif err != ENOENT or not create:
                     raise _oserror(err, key)
                 break
-        if fd < 0:
-            fd = self._walk(parts, create)
-        if len(self.cache) >= _py.CACHE_MAX:
-            self._drop_cache()
-        self.cache[key] = fd
-        return fd
+        return self._walk(parts, create)
 
     def entry(self, h, _Stream stream):
         """Apply one entry; False if it was skipped (it names the root)."""

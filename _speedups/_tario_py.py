@@ -484,19 +484,27 @@ class _Extractor:
 
     # -- resolution ----------------------------------------------------------------------------
     def dirfd(self, parts: list[bytes], create: bool) -> int:
-        """An ``O_PATH`` fd of the directory ``parts`` resolved inside the root (borrowed)."""
-        global _openat2_ok
+        """An ``O_PATH`` fd of the directory ``parts`` resolved inside the root (borrowed: valid until
+        the next entry)."""
         if not parts:
             return self.rootfd
         key = b"/".join(parts)
         fd = self.cache.get(key)
-        if fd is not None:
-            return fd
-        fd = -1
+        if fd is None:
+            fd = self._resolve(key, parts, create)
+            if len(self.cache) >= CACHE_MAX:
+                self._drop_cache()
+            self.cache[key] = fd
+        return fd
+
+    def _resolve(self, key: bytes, parts: list[bytes], create: bool) -> int:
+        """``openat2(RESOLVE_IN_ROOT)``; the component walk where the kernel lacks it or a directory
+        must be created."""
+        global _openat2_ok
         if _openat2_ok:
             try:
-                fd = _openat2(self.rootfd, key, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
-                              RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+                return _openat2(self.rootfd, key, O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
             except FileNotFoundError:
                 if not create:
                     raise
@@ -504,12 +512,7 @@ class _Extractor:
                 if e.errno != errno.ENOSYS:
                     raise
                 _openat2_ok = False
-        if fd < 0:
-            fd = self._walk(parts, create)
-        if len(self.cache) >= CACHE_MAX:
-            self._drop_cache()
-        self.cache[key] = fd
-        return fd
+        return self._walk(parts, create)
 
     def _track_ancestors(self, fd: int) -> None:
         """Native: a directory holding this layer's entries, and its ancestors, survive an opaque
