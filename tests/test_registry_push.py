@@ -132,3 +132,24 @@ def test_skopeo_reads_what_pyctr_pushed(registry_factory: RegistryFactory, busyb
     raw = _skopeo_inspect(b.addr, "dst/bb:latest")
     assert raw["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
     assert [ly["digest"] for ly in raw["layers"]] == busybox_layout.layers
+
+
+def test_pull_and_push_are_counted_for_metrics(seeded_registry: SeededRegistry, registry_factory: RegistryFactory,
+                                               pyctr_client_factory: ClientFactory) -> None:
+    from pyctr import metrics_api
+
+    before = metrics_api.snapshot()
+    c = pyctr_client_factory()
+    dist = c.plugin("distribution")
+    res = dist.fetch("default", f"{seeded_registry.addr}/test/busybox:1", plain_http=True)
+    dst = registry_factory()
+    dist.push("default", f"{dst.addr}/m/bb:1", res.target, plain_http=True)
+    after = metrics_api.snapshot()
+    assert after["bytes"]["pull"] - before["bytes"]["pull"] == res.bytes_fetched
+    assert after["bytes"]["push"] - before["bytes"]["push"] == sum(seeded_registry.busybox.blobs.values())
+    assert after["durations"]["pull"].count == before["durations"].get("pull", _Zero()).count + 1
+    assert after["durations"]["push"].count == before["durations"].get("push", _Zero()).count + 1
+
+
+class _Zero:
+    count = 0

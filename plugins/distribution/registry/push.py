@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,8 @@ class Pusher:
         self.matcher = matcher
         self.progress = progress
         self.source_key, _ = img.distribution_source_label(ref.domain, ref.path)
+        self.bytes_sent = 0
+        self._lock = threading.Lock()
 
     def _emit(self, ev: ProgressEvent) -> None:
         if self.progress is not None:
@@ -154,6 +157,8 @@ class Pusher:
         resp = self.rc.request("PUT", f"manifests/{ref}", {"Content-Type": desc.media_type}, body,
                                ok=(200, 201, 202), what=f"manifest {ref}")
         resp.close()
+        with self._lock:
+            self.bytes_sent += len(body)
         got = resp.header("Docker-Content-Digest")
         if got and got != desc.digest:
             log.warning("registry %s stored manifest %s as %s", self.rc.where, desc.digest, got)
@@ -246,4 +251,6 @@ class Pusher:
                 "PUT", url, {"Content-Type": "application/octet-stream", "Content-Length": str(length)},
                 body, ok=(201, 204), what=f"upload of {desc.digest}")
             resp.close()
+        with self._lock:
+            self.bytes_sent += desc.size
         self._emit(ProgressEvent(ev_ref, desc.digest, kind, "done", desc.size, desc.size))

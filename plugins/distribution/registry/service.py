@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pyctr import metrics_api
 from pyctr import platforms as plat
 from pyctr.content import Descriptor
 from pyctr.errdefs import InvalidArgument
@@ -132,7 +134,9 @@ class RegistryService:
                 rc, self.metadata.content, ns, r, matcher=matcher, limit=limit, lease=(leases, lease_id),
                 concurrency=self.max_downloads, progress=progress, retries=self.retries, backoff=self.backoff,
             )
-            return fetcher.run(desc, body)
+            result = fetcher.run(desc, body)
+            metrics_api.observe_pull(result.bytes_fetched, result.seconds)
+            return result
         finally:
             if own:
                 try:
@@ -159,7 +163,10 @@ class RegistryService:
         r = parse(ref)
         rc = self.client_for(r, plain_http=plain_http, user=user, actions=("pull", "push"))
         matcher = plat.matcher_for(list(platforms or []), False) if platforms else None
-        Pusher(self, rc, self.metadata.content, ns, r, matcher=matcher, progress=progress).run(target)
+        t0 = time.monotonic()
+        pusher = Pusher(self, rc, self.metadata.content, ns, r, matcher=matcher, progress=progress)
+        pusher.run(target)
+        metrics_api.observe_push(pusher.bytes_sent, time.monotonic() - t0)
 
     def close(self) -> None:
         self.transport.close()
