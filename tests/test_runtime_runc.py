@@ -641,3 +641,24 @@ def test_group_shim_replaced_after_crash(rt: RuncRuntime, rootfs: Path, monkeypa
     assert (st.status, st.exit_status, st.reason) == (TaskStatus.STOPPED, 255, "shim died")
     rt.get(NS, "old").delete()
     b.delete(force=True)
+
+
+def test_zygote_leaves_with_its_state_directory(tmp_path: Path, rootfs: Path) -> None:
+    need_runc()
+    state = tmp_path / "state"
+    with runtime(state) as rt:
+        rt._start_zygote()
+        info = None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not info:
+            info = rt.client(rt.zygote_address).ping(timeout=1.0)
+            time.sleep(0.05)
+        assert info
+        zpid = int(info["zygote_pid"])
+        moved = tmp_path / "moved"
+        state.rename(moved)  # as if the state directory were deleted
+        try:
+            assert wait_gone(zpid, timeout=6), "the zygote outlived its state directory"
+            assert not os.path.exists(rt.zygote_address)
+        finally:
+            moved.rename(state)

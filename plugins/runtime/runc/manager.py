@@ -104,7 +104,7 @@ class RuncRuntime:
 
     def __init__(self, state: Path, *, runc_binary: str = "runc", runc_root: str = "",
                  cgroup_parent: str = "/pyctr", shim_debug: bool = False, zygote: bool = True,
-                 zygote_idle: float = 600.0, stdio_copy: bool = False, default_group: str = "",
+                 zygote_idle: float = 120.0, stdio_copy: bool = False, default_group: str = "",
                  load: bool = True) -> None:
         self.state = Path(state)
         self.runc_binary = runc_binary
@@ -119,7 +119,8 @@ class RuncRuntime:
         resolved = shutil.which(runc_binary)
         self.runc_path = os.path.abspath(resolved) if resolved else runc_binary
         self.state.mkdir(parents=True, exist_ok=True, mode=0o711)
-        self.sock_dir = self._socket_dir()
+        self.sock_dir = self._socket_dir()  # made when a shim, the zygote or the event socket needs it
+        self._sock_dir_ready = False
         self._clients: dict[str, ShimClient] = {}
         self._lock = threading.Lock()
         self._publisher: Publisher | None = None
@@ -139,12 +140,33 @@ class RuncRuntime:
             # a deep state directory (tests): a short private directory named after it
             h = hashlib.sha256(str(self.state.resolve()).encode()).hexdigest()[:16]
             d = Path(f"/tmp/pyctr-s-{h}")
+        return d
+
+    def _ensure_sock_dir(self) -> Path:
+        d = self.sock_dir
+        if self._sock_dir_ready:
+            return d
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         st = os.lstat(d)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
             raise PermissionDenied(f"shim socket directory {d} is not a directory of ours; remove it")
         os.chmod(d, 0o700)
+        self._sock_dir_ready = True
         return d
+
+    def _tidy_sock_dir(self) -> None:
+        """Remove the short /tmp socket directory of a deep state directory once nothing listens in it."""
+        d = self.sock_dir
+        if self.state / "s" == d or not d.is_dir():
+            return
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return
+        if set(names) <= {"spawn.lock"}:
+            with contextlib.suppress(OSError):
+                os.unlink(d / "spawn.lock")
+                os.rmdir(d)
 
     def bundle(self, ns: str, id: str) -> Bundle:
         return Bundle(self.state / ns / id)
@@ -180,7 +202,8 @@ class RuncRuntime:
         if self.client(address).ping() is not None:
             return address, False
         # one lock for every spawn (a few ms each): per-group lock files would pile up
-        lock_fd = os.open(self.sock_dir / "spawn.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock = self._ensure_sock_dir() / "spawn.lock"
+        lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             if os.path.exists(address):
@@ -250,6 +273,7 @@ class RuncRuntime:
             sock.close()
 
     def _start_zygote(self) -> None:
+        self._ensure_sock_dir()
         address = self.zygote_address
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -265,7 +289,8 @@ class RuncRuntime:
             sock.listen(64)
             logs = self.state / "shims"
             logs.mkdir(exist_ok=True, mode=0o700)
-            self._boot({"zygote": True, "address": address, "idle": self.zygote_idle, "code": _code_id()},
+            self._boot({"zygote": True, "address": address, "idle": self.zygote_idle, "code": _code_id(),
+                        "state": str(self.state)},
                        sock.fileno(),
                        logs / "zygote.log")
         except OSError as e:
@@ -299,7 +324,7 @@ class RuncRuntime:
             self.loaded = []
 
     def _start_event_listener(self) -> None:
-        address = str(self.sock_dir / "events.sock")
+        address = str(self._ensure_sock_dir() / "events.sock")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(address)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -589,6 +614,7 @@ class RuncRuntime:
             self._event_sock.close()
             with contextlib.suppress(OSError):
                 os.unlink(self._event_address)
+        self._tidy_sock_dir()
 
 
 @functools.cache

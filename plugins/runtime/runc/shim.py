@@ -1172,10 +1172,11 @@ class Zygote:
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.address = str(cfg["address"])
-        self.idle = float(cfg.get("idle", 600.0))
+        self.idle = float(cfg.get("idle", 120.0))
         self.listener = socket.socket(fileno=int(cfg["listen_fd"]))
         self.ino = os.stat(self.address).st_ino
         self.code = str(cfg.get("code", ""))
+        self.state = str(cfg.get("state", ""))
         self.stale = False
 
     def run(self) -> None:
@@ -1190,7 +1191,7 @@ class Zygote:
         gc.freeze()  # keep the collector's hands off the pages the shims share
         _log(f"zygote serving {self.address}")
         last = time.monotonic()
-        self.listener.settimeout(min(5.0, self.idle))
+        self.listener.settimeout(min(2.0, self.idle))
         while True:
             try:
                 conn, _ = self.listener.accept()
@@ -1212,12 +1213,16 @@ class Zygote:
             if self.stale:
                 _log("zygote exiting (stale code)")
                 return
-        _log("zygote exiting (idle)")
+        _log("zygote exiting (idle, or its state directory is gone)")
         with contextlib.suppress(OSError):
-            if self._still_mine():
+            if self._sock_is_mine():
                 os.unlink(self.address)
 
     def _still_mine(self) -> bool:
+        """The socket path still leads here, and the state directory it serves still exists."""
+        return self._sock_is_mine() and (not self.state or os.path.isdir(self.state))
+
+    def _sock_is_mine(self) -> bool:
         try:
             return os.stat(self.address).st_ino == self.ino
         except OSError:
@@ -1244,7 +1249,7 @@ class Zygote:
                 # pyctr was upgraded (or edited) since this zygote started: make way for a new one
                 reply = {"id": rid, "error": {"code": "failed_precondition", "message": "zygote: stale code"}}
                 with contextlib.suppress(OSError):
-                    if self._still_mine():
+                    if self._sock_is_mine():
                         os.unlink(self.address)
                 self.stale = True
             elif req.get("method") == "spawn" and len(fds) == 1:
