@@ -193,6 +193,14 @@ def test_exec_pause_resume_pids(rt: RuncRuntime, rootfs: Path, tmp_path: Path) -
     assert t.state().status == TaskStatus.RUNNING
     st = t.stats()
     assert st["pids_current"] >= 1 and st["memory_usage"] > 0
+    from pyctr.plugins.runtime.runc.shim_client import ShimClient
+
+    c = ShimClient(t.address)
+    try:
+        via_shim = c.call("stats", {"ns": NS, "id": "ex"})
+    finally:
+        c.close()
+    assert via_shim["cgroup"] == st["cgroup"] and via_shim["pids_current"] >= 1
     with pytest.raises(DeadlineExceeded):
         t.wait(timeout=0.3)
     with pytest.raises(FailedPrecondition, match="running"):

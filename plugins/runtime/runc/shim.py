@@ -908,6 +908,14 @@ class Shim:
         by_pid = {p.pid: p.exec_id for p in c.execs.values() if p.status != "stopped"}
         return [{"pid": pid, "info": {"exec_id": by_pid[pid]} if pid in by_pid else {}} for pid in pids]
 
+    def rpc_stats(self, params: dict[str, Any], fds: list[int], conn: Conn, rid: Any) -> Any:
+        c = self._cont(params)
+        if c.init.status == "stopped":
+            raise ShimError("failed_precondition", f"task {c.id!r} is stopped: no stats")
+        from pyctr.plugins.runtime.runc import cgroups  # only when asked: typing comes with it
+
+        return cgroups.stats(c.cgroup)
+
     def rpc_wait(self, params: dict[str, Any], fds: list[int], conn: Conn, rid: Any) -> Any:
         c = self._cont(params)
         p = c.proc(str(params.get("exec_id", "")))
