@@ -182,6 +182,28 @@ def _rules() -> set[str]:
     return keep
 
 
+def _purge_rules(prefix: str) -> list[str]:
+    """Delete iptables rules that name an address starting with ``prefix`` (and the CNI chains they
+    jump to); the rules deleted."""
+    import shlex
+
+    done = []
+    for table in ("nat", "filter"):
+        out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
+        for ln in out.splitlines():
+            if not ln.startswith("-A ") or prefix not in ln:
+                continue
+            args = shlex.split(ln)[1:]
+            subprocess.run(["iptables", "-w", "-t", table, "-D", *args], capture_output=True, check=False)
+            done.append(ln)
+            if "-j" in args and args[args.index("-j") + 1].startswith("CNI-") and \
+                    not _SHARED.search(args[args.index("-j") + 1]):
+                for op in ("-F", "-X"):
+                    subprocess.run(["iptables", "-w", "-t", table, op, args[args.index("-j") + 1]],
+                                   capture_output=True, check=False)
+    return done
+
+
 @dataclass
 class Net:
     roots: Roots
@@ -306,6 +328,7 @@ def net(tmp_root: Roots) -> Iterator[Net]:
         for name in [*members, n.bridge]:
             if os.path.exists(f"/sys/class/net/{name}"):
                 subprocess.run(["ip", "link", "delete", name], check=False, capture_output=True)
+        leaked = _purge_rules(n.subnet.rsplit(".", 1)[0] + ".")  # only after a failure: reported below
         for conf in conf_dir.glob("*.conflist") if conf_dir.exists() else []:
             try:
                 doc = json.loads(conf.read_text())
@@ -330,6 +353,7 @@ def net(tmp_root: Roots) -> Iterator[Net]:
     assert {a for a in _addrs() - addrs0 if n.bridge in a or n.subnet.rsplit(".", 1)[0] + "." in a} == set()
     assert {r for r in _rules() - rules0 if n.subnet.rsplit(".", 1)[0] + "." in r or "CNI-" in r} == set(), \
         "iptables rules left"
+    assert leaked == [], f"iptables rules of the test's subnet were left (removed now): {leaked}"
 
 
 def _http_get(port: int, path: str, timeout: float = 10) -> str:
