@@ -460,6 +460,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(net: Net, tmp_path: Path) -> N
     (net.conf_dir / "broken.conflist").write_text("{")
     p = net.run("network", "ls")
     assert p.returncode == 0 and "broken.conflist" in p.stderr and "bridge *" in p.stdout
+    assert "could not be read" in net.fails(3, "run", "--rm", "--net", "broken", IMAGE, "true")
+    assert net.ok("containers", "ls", "-q") == ""
     assert net.attachments() == [] and _links() - links0 == set()
     net.assert_clean()
 

@@ -255,7 +255,7 @@ class NetworkManager:
 
     def network(self, name: str) -> ConfList:
         """The network ``name``; the default network's file is written here on first use."""
-        nets, _ = self._scan()
+        nets, problems = self._scan()
         conf = nets.get(name)
         if conf is not None:
             return conf
@@ -265,8 +265,9 @@ class NetworkManager:
             if not path.exists():
                 _atomic_write(path, json.dumps(conf.to_dict(), indent=2) + "\n")
             return conf
+        hint = f"; {len(problems)} file(s) in {self.conf_dir} could not be read" if problems else ""
         raise NotFound(f"network {name!r} not found (pyctr network ls lists them; pyctr network create "
-                       "makes one)")
+                       f"makes one{hint})")
 
     def _effective(self, conf: ConfList) -> ConfList:
         """``conf`` as it is run: host-local IPAM keeps its data under this plugin's state."""
