@@ -182,3 +182,34 @@ def test_tls_client_certificate(registry_factory: RegistryFactory, busybox_layou
     c2.plugin("distribution").push("default", f"{srv.addr}/t/bb:1", src.target)
     c3 = pyctr_client_factory(config_path=str(certs_d))
     assert _fetch(c3, f"{srv.addr}/t/bb:1").target.digest == src.target.digest
+
+
+def test_hosts_toml_server_and_pull_mirror(seeded_registry: Any, registry_factory: RegistryFactory,
+                                           pyctr_client_factory: ClientFactory, tmp_path: Path) -> None:
+    from fixtures_registry import free_port
+
+    certs_d = tmp_path / "certs.d"
+    # a name that resolves nowhere, served by the seeded registry through hosts.toml's server
+    (certs_d / "registry.invalid").mkdir(parents=True)
+    (certs_d / "registry.invalid" / "hosts.toml").write_text(
+        f'server = "http://{seeded_registry.addr}"\n[header]\n  X-Pyctr-Test = "1"\n')
+    c = pyctr_client_factory(config_path=str(certs_d))
+    res = _fetch(c, "registry.invalid/test/busybox:1")
+    assert res.target.digest == seeded_registry.busybox.root_digest
+    # a pull mirror: pulls go to the mirror, pushes to the server (here a closed port)
+    dead = f"127.0.0.1:{free_port()}"
+    (certs_d / "mirrored.invalid").mkdir()
+    (certs_d / "mirrored.invalid" / "hosts.toml").write_text(
+        f'server = "http://{dead}"\n'
+        f'[host."http://{seeded_registry.addr}"]\n  capabilities = ["pull", "resolve"]\n')
+    c2 = pyctr_client_factory(config_path=str(certs_d), retries=0)
+    res2 = _fetch(c2, "mirrored.invalid/test/busybox:1")
+    assert res2.target.digest == res.target.digest
+    with pytest.raises(Unavailable) as ei:
+        c2.plugin("distribution").push("default", "mirrored.invalid/test/busybox:2", res2.target)
+    assert "connection refused" in str(ei.value)
+    (certs_d / "bad.invalid").mkdir()
+    (certs_d / "bad.invalid" / "hosts.toml").write_text('servr = "x"\n')
+    with pytest.raises(PyctrError) as ei2:
+        _fetch(c2, "bad.invalid/a:1")
+    assert "servr" in str(ei2.value)

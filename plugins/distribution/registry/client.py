@@ -301,7 +301,7 @@ class RepositoryClient:
         return f"{self.host.domain}/{self.repository}"
 
     def url(self, path: str) -> str:
-        return f"{self.host.base_url}/v2/{self.repository}/{path}"
+        return f"{self.host.api_url}/{self.repository}/{path}"
 
     def scopes(self, extra: Iterable[str] = ()) -> list[str]:
         return [scope_for(self.repository, self.actions), *extra]

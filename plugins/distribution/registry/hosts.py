@@ -9,6 +9,10 @@ Sources, later ones winning:
        <config_path>/<host[:port]>/client.cert     client certificate (any *.cert with its *.key)
        <config_path>/<host[:port]>/client.key
 
+   and containerd's ``<config_path>/<host[:port]>/hosts.toml`` (a subset: ``server``, ``ca``,
+   ``client``, ``skip_verify``, ``header``, ``[host."URL"]`` with ``capabilities`` and
+   ``override_path``; the first host entry able to do the action is used, e.g. a pull mirror);
+
 3. the plugin's ``hosts`` table::
 
        [plugins."pyctr.distribution.registry".hosts."127.0.0.1:5000"]
@@ -27,8 +31,10 @@ from __future__ import annotations
 import os
 import ssl
 import threading
+import tomllib
+import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +59,15 @@ class HostConfig:
     client_cert: str = ""
     client_key: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
+    api_root: str = "/v2"  # path of the registry API on the host (hosts.toml ``override_path``)
 
     @property
     def base_url(self) -> str:
         return f"{self.scheme}://{self.host}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}{self.api_root}"
 
 
 class Hosts:
@@ -92,7 +103,15 @@ class Hosts:
                 return d
         return None
 
-    def get(self, domain: str, *, plain_http: bool = False) -> HostConfig:
+    def get(self, domain: str, *, plain_http: bool = False, action: str = "pull") -> HostConfig:
+        """The endpoint for ``action`` (``pull``, ``resolve`` or ``push``) on ``domain``."""
+        hc = self._get(domain, plain_http=plain_http)
+        d = self._certs_dir(domain)
+        if d is not None and (d / "hosts.toml").is_file():
+            hc = _apply_hosts_toml(hc, d / "hosts.toml", action, plain_http)
+        return hc
+
+    def _get(self, domain: str, *, plain_http: bool = False) -> HostConfig:
         host = DOCKER_HUB_HOST if domain == DOCKER_HUB else domain
         cfg = self.table.get(domain) or self.table.get(host) or {}
         cas: list[str] = []
@@ -133,6 +152,78 @@ class Hosts:
                 ctx = make_ssl_context(hc)
                 self._ctx[key] = ctx
             return ctx
+
+
+_TOML_KEYS = {"server", "ca", "client", "skip_verify", "header", "capabilities", "override_path", "host"}
+
+
+def _toml_files(v: Any, base: Path, what: str) -> list[str]:
+    if v is None:
+        return []
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise InvalidArgument(f"{base / 'hosts.toml'}: {what} must be a path or a list of paths")
+    return [str(base / x) if not os.path.isabs(x) else x for x in items]
+
+
+def _toml_client(v: Any, base: Path) -> tuple[str, str]:
+    """``client = "both.pem"`` | ``["cert.pem", "key.pem"]`` | ``[["cert.pem", "key.pem"]]`` (first)."""
+    if v is None:
+        return "", ""
+    if isinstance(v, list) and v and isinstance(v[0], list):
+        v = v[0]
+    files = _toml_files(v, base, "client")
+    if len(files) == 1:
+        return files[0], files[0]
+    if len(files) == 2:
+        return files[0], files[1]
+    raise InvalidArgument(f"{base / 'hosts.toml'}: client wants a file or [cert, key]")
+
+
+def _endpoint(hc: HostConfig, url: str, t: Mapping[str, Any], base: Path, plain_http: bool) -> HostConfig:
+    parts = urllib.parse.urlsplit(url if "://" in url else f"https://{url}")
+    if not parts.netloc:
+        raise InvalidArgument(f"{base / 'hosts.toml'}: bad server or host URL {url!r}")
+    path = parts.path.rstrip("/")
+    api_root = path if t.get("override_path") else f"{path}/v2"
+    cert, key = _toml_client(t.get("client"), base)
+    return replace(
+        hc,
+        host=parts.netloc,
+        scheme="http" if (parts.scheme == "http" or plain_http) else "https",
+        insecure=bool(t.get("skip_verify", hc.insecure)),
+        ca_files=(*hc.ca_files, *_toml_files(t.get("ca"), base, "ca")),
+        client_cert=cert or hc.client_cert,
+        client_key=key or hc.client_key,
+        headers={**hc.headers, **{str(k): str(v) for k, v in (t.get("header") or {}).items()}},
+        api_root=api_root,
+    )
+
+
+def _apply_hosts_toml(hc: HostConfig, path: Path, action: str, plain_http: bool) -> HostConfig:
+    """containerd's ``hosts.toml`` (a subset): ``server``, ``ca``, ``client``, ``skip_verify``,
+    ``header`` and ``[host."URL"]`` entries with ``capabilities`` and ``override_path``.  The first host
+    entry whose capabilities include ``action`` is used, else ``server``.  (containerd also falls back
+    from one endpoint to the next on errors; pyctr uses the one chosen.)"""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidArgument(f"{path}: {e}") from None
+    unknown = set(doc) - _TOML_KEYS
+    if unknown:
+        raise InvalidArgument(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+    base = path.parent
+    top = _endpoint(hc, str(doc.get("server") or f"{hc.scheme}://{hc.host}"), doc, base, plain_http)
+    hosts = doc.get("host") or {}
+    if not isinstance(hosts, dict):
+        raise InvalidArgument(f"{path}: host must be a table of [host.\"URL\"] entries")
+    for url, t in hosts.items():
+        if not isinstance(t, dict):
+            raise InvalidArgument(f"{path}: [host.{url!r}] must be a table")
+        caps = t.get("capabilities", ["pull", "resolve", "push"])
+        if action in caps:
+            return _endpoint(top, url, t, base, plain_http)
+    return top
 
 
 def make_ssl_context(hc: HostConfig) -> ssl.SSLContext:

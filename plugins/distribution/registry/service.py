@@ -79,7 +79,7 @@ class RegistryService:
 
     def client_for(self, ref: Reference, *, plain_http: bool = False, user: str | None = None,
                    actions: Sequence[str] = ("pull",)) -> RepositoryClient:
-        hc = self.hosts.get(ref.domain, plain_http=plain_http)
+        hc = self.hosts.get(ref.domain, plain_http=plain_http, action="push" if "push" in actions else "pull")
         creds = self.credentials(ref.domain, user)
         key = (hc.base_url, creds.username if creds else "", creds.password if creds else "")
         with self._lock:
