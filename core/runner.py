@@ -28,6 +28,21 @@ if TYPE_CHECKING:
 
 SERVICE_ID = "pyctr.containers.metadata"
 
+_T0 = 0.0
+
+
+def trace(what: str) -> None:
+    """With ``PYCTR_TRACE_RUN=1``, print the milliseconds since the process started to stderr (a cheap
+    timeline of ``run`` for latency work)."""
+    if os.environ.get("PYCTR_TRACE_RUN"):
+        import time
+
+        global _T0
+        now = time.perf_counter()
+        if not _T0:
+            _T0 = now
+        print(f"[trace {os.getpid()}] {1000 * (now - _T0):7.1f} ms  {what}", file=sys.stderr)
+
 _L = list[str] | None
 #: (parameter, default, type, flag spellings, help) of the options ``run`` and ``containers create`` share.
 RUN_OPTIONS: list[tuple[str, Any, Any, tuple[str, ...], str]] = [
@@ -266,7 +281,9 @@ def run_task_attached(svc: Any, ns: str, cid: str, task: Task, tty: bool, *, rem
     try:
         return attached(task, tty, on_started=lambda: started.append(True))
     finally:
+        trace("exited")
         cleanup(svc, ns, cid, remove_container=remove_container or not started, task=task)
+        trace("cleaned up")
 
 
 def log_file(svc: Any, ns: str, cid: str) -> str:
@@ -285,11 +302,15 @@ def run_container(client: Client, ns: str, image: str, args: list[str] | None, *
     if rm and detach:
         raise InvalidArgument("--rm and --detach cannot be used together")
     ro, labels = build_run_options(flags, args)
+    trace("options")
     svc = service(client)
+    trace("service")
     cid = name or new_id()
     ensure_image(client, ns, image)
+    trace("image")
     svc.create_container(ns, cid, image, ro.to_dict(), snapshotter=flags.get("snapshotter") or None,
                          runtime=flags.get("runtime") or "", labels=labels)
+    trace("container created")
     log_uri = flags.get("log_uri") or ""
     try:
         if detach:
@@ -301,6 +322,7 @@ def run_container(client: Client, ns: str, image: str, args: list[str] | None, *
             return 0
         json_log = "" if rm else log_file(svc, ns, cid)
         task = svc.create_task(ns, cid, foreground_io(interactive, ro.tty, json_log, log_uri))
+        trace("task created")
     except BaseException:
         cleanup(svc, ns, cid, remove_container=True)
         raise
@@ -580,6 +602,7 @@ def fast_main(argv: list[str], *, close: bool = True) -> int | None:
         g, flags, image, args = parse_run_argv(argv)
     except _Unsupported:
         return None
+    trace("fast path")
     from .errdefs import PyctrError
 
     for k, env in _GLOBAL_ENV.items():
@@ -601,6 +624,7 @@ def fast_main(argv: list[str], *, close: bool = True) -> int | None:
             from .engine import Engine
 
             client._engine = Engine(client.config, quick_plugin_manager())
+        trace("engine")
         run_flags = {k: v for k, v in flags.items() if k not in ("rm", "detach", "interactive", "name")}
         return run_container(client, client.namespace, image, args, rm=bool(flags.get("rm")),
                              detach=bool(flags.get("detach")), interactive=bool(flags.get("interactive")),
@@ -651,12 +675,14 @@ def _zygote_state(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> Any:
     """The ``pyctr`` console script: the fast path for ``run``, the typer app for everything else."""
     argv = sys.argv[1:] if argv is None else argv
+    trace("main")
     state = _zygote_state(argv)
     if state:
         from . import runzygote
 
         rv = runzygote.try_run(state, argv)
         if rv is not None:
+            trace("zygote child done")
             os._exit(rv)
     rv = fast_main(argv, close=False)
     if rv is not None:

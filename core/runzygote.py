@@ -342,6 +342,10 @@ def _child(conn: socket.socket, req: dict[str, Any], fds: list[int]) -> None:
         os.umask(int(req.get("umask", 0o022)))
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in dict(req.get("env") or {}).items()})
+        from . import runner
+
+        runner._T0 = 0.0
+        runner.trace("zygote child")
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
                                       line_buffering=os.isatty(1), write_through=False)
