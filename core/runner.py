@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 SERVICE_ID = "pyctr.containers.metadata"
 
 _T0 = 0.0
+#: A plugin manager the run zygote made before forking (used once, by the child).
+PREBUILT: dict[str, Any] = {}
 
 
 def trace(what: str) -> None:
@@ -623,7 +625,8 @@ def fast_main(argv: list[str], *, close: bool = True) -> int | None:
         if not client.remote and not os.environ.get("PYCTR_NO_PLUGIN_AUTOLOAD"):
             from .engine import Engine
 
-            client._engine = Engine(client.config, quick_plugin_manager())
+            pm, PREBUILT["pm"] = PREBUILT.get("pm") or quick_plugin_manager(), None
+            client._engine = Engine(client.config, pm)
         trace("engine")
         run_flags = {k: v for k, v in flags.items() if k not in ("rm", "detach", "interactive", "name")}
         return run_container(client, client.namespace, image, args, rm=bool(flags.get("rm")),

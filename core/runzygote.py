@@ -218,6 +218,10 @@ def _preload(modules: list[str]) -> None:
         from . import mount
 
         mount._lib()  # load libc now rather than in every child
+    with contextlib.suppress(BaseException):
+        from . import runner
+
+        runner.PREBUILT["pm"] = runner.quick_plugin_manager()  # plugin modules found and registered
 
 
 def serve(cfg: dict[str, Any]) -> None:
