@@ -267,6 +267,7 @@ def cleanup(svc: Any, ns: str, cid: str, *, remove_container: bool, task: Task |
             import logging
 
             logging.getLogger("pyctr.cli").debug("deleting task %s: %s", cid, e)
+        trace("task deleted")
         if not remove_container:
             svc.release_network(ns, cid, quiet=True)
     if remove_container:

@@ -153,8 +153,11 @@ class ContainerService:
         validate_id(id_)
         if self.store.exists(ns, id_):
             raise AlreadyExists(f"container {id_!r} already exists in namespace {ns!r}")
+        from pyctr.runner import trace
+
         img, config, top = self.image_config(ns, image_name)
         sn_name = self.snapshotter_name(ns, snapshotter)
+        trace(f"snapshotter {sn_name} ready")
         self._ensure_unpacked(ns, image_name, sn_name, top)
         sn = self.md.snapshotter(sn_name)
         all_labels = dict(labels or {})
@@ -170,8 +173,10 @@ class ContainerService:
                 raise AlreadyExists(
                     f"snapshot {id_!r} already exists in {sn_name}: remove it or choose another name"
                 ) from None
+            trace("snapshot prepared")
             try:
                 spec = generate_spec(config, root_for_mounts(mounts), opts, container_id=id_, namespace=ns)
+                trace("spec generated")
                 rec = Container(
                     id=id_,
                     image=img.name,
