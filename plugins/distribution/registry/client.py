@@ -81,13 +81,49 @@ class _HTTPSConnection(http.client.HTTPSConnection):
         self.sock.settimeout(self._read_timeout)
 
 
+class InFlight:
+    """The connections one operation (a pull) has in flight, so it can be stopped at once:
+    :meth:`abort` shuts their sockets down, which wakes any thread blocked reading them."""
+
+    def __init__(self) -> None:
+        self._conns: set[http.client.HTTPConnection] = set()
+        self._lock = threading.Lock()
+        self.aborted = False
+
+    def add(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._conns.add(conn)
+            aborted = self.aborted
+        if aborted:
+            _shutdown(conn)
+
+    def discard(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._conns.discard(conn)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            conns = list(self._conns)
+        for c in conns:
+            _shutdown(c)
+
+
+def _shutdown(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class Response:
     """One HTTP response; the body is read on demand.  ``close()`` (or reading to the end) hands the
     connection back to the pool when it can be reused."""
 
     def __init__(self, transport: Transport, key: tuple[str, str], conn: http.client.HTTPConnection,
-                 resp: http.client.HTTPResponse, url: str, method: str) -> None:
+                 resp: http.client.HTTPResponse, url: str, method: str, inflight: InFlight | None = None) -> None:
         self._transport = transport
+        self._inflight = inflight
         self._key = key
         self._conn: http.client.HTTPConnection | None = conn
         self._resp = resp
@@ -121,18 +157,13 @@ class Response:
         self.close()
         return data
 
-    def abort(self) -> None:
-        """From another thread: wake a read blocked on this response's socket (it then fails)."""
-        conn = self._conn
-        sock = conn.sock if conn is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
     def close(self, reuse: bool = True) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        if self._inflight is not None:
+            self._inflight.discard(conn)
+            reuse = reuse and not self._inflight.aborted
         if reuse and not self._resp.isclosed():
             # drain a short remainder so the connection can be reused; give up on long bodies
             try:
@@ -201,7 +232,8 @@ class Transport:
                 return
         conn.close()
 
-    def request(self, method: str, url: str, headers: Mapping[str, str], body: Body = None) -> Response:
+    def request(self, method: str, url: str, headers: Mapping[str, str], body: Body = None,
+                inflight: InFlight | None = None) -> Response:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidArgument(f"cannot fetch {url!r}: not an http(s) URL")
@@ -215,17 +247,25 @@ class Transport:
         while True:
             conn, reused = self._get(key)
             try:
+                if inflight is not None:
+                    if conn.sock is None:
+                        conn.connect()
+                    inflight.add(conn)
                 conn.request(method, target, body=body, headers=hdrs)
                 resp = conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 conn.close()
-                if reused and (body is None or isinstance(body, bytes)):
+                if inflight is not None:
+                    inflight.discard(conn)
+                if reused and (body is None or isinstance(body, bytes)) and not (inflight and inflight.aborted):
                     continue  # a keep-alive connection the server had closed: try a fresh one
                 raise
             except BaseException:
                 conn.close()
+                if inflight is not None:
+                    inflight.discard(conn)
                 raise
-            return Response(self, key, conn, resp, url, method)
+            return Response(self, key, conn, resp, url, method, inflight)
 
     def close(self) -> None:
         """Close every connection, idle or still held by a response nobody closed."""
@@ -319,6 +359,7 @@ class RepositoryClient:
         retries: int | None = None,
         follow_redirects: bool = True,
         on_retry: Callable[[int, str], None] | None = None,
+        inflight: InFlight | None = None,
     ) -> Response:
         """Send, authenticate, follow redirects, retry; return a response whose status is in ``ok``.
 
@@ -344,7 +385,7 @@ class RepositoryClient:
                 if authz:
                     hdrs["Authorization"] = authz
             try:
-                resp = self.transport.request(method, url, hdrs, body)
+                resp = self.transport.request(method, url, hdrs, body, inflight)
             except PyctrError:
                 raise
             except TRANSIENT_ERRORS as e:

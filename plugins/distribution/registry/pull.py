@@ -43,7 +43,7 @@ from pyctr.errdefs import (
 )
 from pyctr.reference import Reference
 
-from .client import BUFSIZE, TRANSIENT_ERRORS, RepositoryClient, Response, describe_os_error
+from .client import BUFSIZE, TRANSIENT_ERRORS, InFlight, RepositoryClient, describe_os_error
 
 log = logging.getLogger("pyctr.distribution")
 
@@ -191,7 +191,7 @@ class Fetcher:
         self.result = FetchResult(name=str(ref), target=Descriptor("", "sha256:" + "0" * 64, 0))
         self._seen: set[str] = set()
         self._cancel = threading.Event()  # set when one transfer failed: the others stop early
-        self._active: set[Response] = set()  # responses being streamed, woken up on cancel
+        self._inflight = InFlight()  # this pull's connections, shut down on cancel
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -261,7 +261,7 @@ class Fetcher:
                 raise DataLoss(f"{self.rc.where}: manifest {desc.digest} of {desc.size} bytes is over the "
                                f"{img.MAX_MANIFEST_SIZE}-byte limit")
             resp = self.rc.request("GET", f"manifests/{desc.digest}", {"Accept": mt.MANIFEST_ACCEPT},
-                                   what=f"manifest {desc.digest}")
+                                   what=f"manifest {desc.digest}", inflight=self._inflight)
             body = resp.read(img.MAX_MANIFEST_SIZE)
         got = "sha256:" + hashlib.sha256(body).hexdigest()
         if got != desc.digest or (desc.size and len(body) != desc.size):
@@ -351,7 +351,8 @@ class Fetcher:
             _quiet_abort(w)  # wrong bytes are never kept for a resume
             raise
         except BaseException:
-            _quiet_close(w)
+            # keep what arrived for a resume; an empty ingest is not worth keeping
+            _quiet_close(w) if _offset(w) else _quiet_abort(w)
             raise
         self._count(desc, fetched, resumed, True)
         self._emit(ProgressEvent(ref, desc.digest, kind, "done", desc.size, desc.size, resumed_from=resumed))
@@ -359,10 +360,9 @@ class Fetcher:
     def _stream(self, desc: Descriptor, w: Any, mv: memoryview, start: int, ref: str, kind: str) -> int:
         headers = {"Range": f"bytes={start}-"} if start else {}
         resp = self.rc.request("GET", f"blobs/{desc.digest}", headers, ok=(200, 206),
-                               what=f"blob {desc.digest}", on_retry=self._check_cancel)
+                               what=f"blob {desc.digest}", on_retry=self._check_cancel,
+                               inflight=self._inflight)
         got = 0
-        with self._lock:
-            self._active.add(resp)
         try:
             if start:
                 if resp.status == 200:
@@ -394,9 +394,6 @@ class Fetcher:
             if self._cancel.is_set():
                 raise _Cancelled() from None
             raise
-        finally:
-            with self._lock:
-                self._active.discard(resp)
         resp.close()
         return got
 
@@ -407,10 +404,7 @@ class Fetcher:
     def cancel(self) -> None:
         """Stop every transfer now: flag them and wake those blocked reading a socket."""
         self._cancel.set()
-        with self._lock:
-            active = list(self._active)
-        for resp in active:
-            resp.abort()
+        self._inflight.abort()
 
     # -- the graph -----------------------------------------------------------------------------
 
@@ -498,6 +492,13 @@ class Fetcher:
 
 class _Cancelled(Exception):
     """Another transfer of the same pull failed; this one stops (its ingest is kept for a resume)."""
+
+
+def _offset(w: Any) -> int:
+    try:
+        return int(w.offset)
+    except Exception:
+        return 0
 
 
 def _quiet_abort(w: Any) -> None:
