@@ -70,7 +70,7 @@ class ProgressRenderer:
         if self.drawn:
             buf.append(f"\x1b[{self.drawn}F")
         for text in self.lines.values():
-            buf.append("\x1b[2K" + text[: max(cols - 1, 20)] + "\n")
+            buf.append("\x1b[2K" + text[: cols - 1 if cols >= 40 else 119] + "\n")
         self.out.write("".join(buf))
         self.out.flush()
         self.drawn = len(self.lines)
