@@ -463,9 +463,11 @@ def make_authorizer(transport: Transport, host: HostConfig, credentials: Credent
     """An authorizer whose token requests go through ``transport`` (TLS per the host's settings)."""
 
     def fetch(method: str, url: str, headers: dict[str, str], body: bytes | None) -> tuple[int, bytes]:
-        netloc = urllib.parse.urlsplit(url).netloc
-        if netloc == host.host and host.scheme == "https":
-            transport.set_ssl_context(netloc, transport.hosts.ssl_context(host))
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme == "https":
+            # the token service is reached with the registry's TLS settings (CA, client certificate),
+            # as containerd does with its one HTTP client per host
+            transport.set_ssl_context(parts.netloc, transport.hosts.ssl_context(host))
         last: BaseException | None = None
         for attempt in range(3):
             try:
