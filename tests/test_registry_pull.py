@@ -39,9 +39,8 @@ def test_pull_single_platform(seeded_registry: SeededRegistry, pyctr_client_fact
         with lock:
             events.append(ev)
 
-    res = _dist(c).fetch(
-        "default", f"{seeded_registry.addr}/test/busybox:1", plain_http=True, progress=progress
-    )
+    ref = f"{seeded_registry.addr}/test/busybox:1"
+    res = _dist(c).fetch("default", ref, plain_http=True, progress=progress)
     lay = seeded_registry.busybox
     assert res.name == f"{seeded_registry.addr}/test/busybox:1"
     assert res.target.digest == lay.root_digest
@@ -61,6 +60,12 @@ def test_pull_single_platform(seeded_registry: SeededRegistry, pyctr_client_fact
     # the pull's own lease is gone; nothing is left ingesting
     assert c.plugin("metadata").leases.list("default") == []
     assert cs.list_statuses("default") == []
+    # the result crosses the wire as a plain dict
+    from pyctr.plugins.distribution.registry.pull import FetchResult
+
+    assert FetchResult.from_dict(json.loads(json.dumps(res.to_dict()))) == res
+    name, desc = _dist(c).resolve(ref, plain_http=True)
+    assert name == ref and desc.digest == lay.root_digest and desc.size == lay.blobs[lay.root_digest]
     # a second fetch finds everything present
     again = _dist(c).fetch("default", f"{seeded_registry.addr}/test/busybox:1", plain_http=True)
     assert again.fetched == 0 and again.bytes_fetched == 0 and again.blobs == res.blobs
