@@ -232,6 +232,103 @@ def foreground_io(interactive: bool, tty: bool, json_log: str = "", log_uri: str
                      log_uri=log_uri)
 
 
+class FifoIO:
+    """The stdio of a process a daemon runs: FIFOs in a private temporary directory that the shim opens,
+    copied to and from this process's own stdin, stdout and stderr (file descriptors cannot cross the
+    daemon's socket).  The read ends are open before the task is created, so the shim's non-blocking
+    opens find a reader; stdin is written once the shim has opened its end."""
+
+    def __init__(self, interactive: bool, tty: bool) -> None:
+        import tempfile
+
+        self.dir = tempfile.mkdtemp(prefix="pyctr-fifo-")
+        self.paths: dict[str, str] = {}
+        for name in ["stdout", *([] if tty else ["stderr"]), *(["stdin"] if interactive else [])]:
+            path = os.path.join(self.dir, name)
+            os.mkfifo(path, 0o600)
+            self.paths[name] = path
+        self.tty = tty
+        self._readers = {n: os.open(self.paths[n], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                         for n in ("stdout", "stderr") if n in self.paths}
+        self._threads: list[Any] = []
+
+    def process_io(self, json_log: str = "", log_uri: str = "") -> ProcessIO:
+        from .runtime import ProcessIO
+
+        return ProcessIO(stdin=self.paths.get("stdin", ""), stdout=self.paths["stdout"],
+                         stderr=self.paths.get("stderr", ""), terminal=self.tty, json_log=json_log,
+                         log_uri=log_uri)
+
+    def start(self) -> None:
+        import threading
+
+        for name, fd in self._readers.items():
+            t = threading.Thread(target=self._copy_out, args=(fd, 1 if name == "stdout" else 2), daemon=True)
+            t.start()
+            self._threads.append(t)
+        if "stdin" in self.paths:
+            threading.Thread(target=self._copy_in, daemon=True).start()
+
+    @staticmethod
+    def _copy_out(fd: int, dst: int) -> None:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        try:
+            while True:
+                poller.poll()  # returns once a writer has written, or has come and gone
+                try:
+                    data = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    return
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(dst, view):]
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+
+    def _copy_in(self) -> None:
+        try:
+            fd = os.open(self.paths["stdin"], os.O_WRONLY | os.O_CLOEXEC)  # once the shim reads
+        except OSError:
+            return
+        try:
+            while True:
+                data = os.read(0, 1 << 16)
+                if not data:
+                    return
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+        except OSError:
+            return
+        finally:
+            os.close(fd)
+
+    def finish(self, timeout: float = 10.0) -> None:
+        """Wait for the output to drain (the shim closes its ends when the process is deleted), then
+        remove the FIFOs; a reader or writer still waiting is released first."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for name, path in self.paths.items():
+            flags = os.O_RDONLY if name == "stdin" else os.O_WRONLY
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, flags | os.O_NONBLOCK))  # release a thread blocked on the other end
+        for t in self._threads:
+            t.join(1.0)
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def attached(task: Task, tty: bool, exec_id: str = "", on_started: Callable[[], None] | None = None) -> int:
     """Start the created process attached to this terminal, forward signals and resizes, and return its
     exit status."""
@@ -324,12 +421,27 @@ def run_container(client: Client, ns: str, image: str, args: list[str] | None, *
             print(cid)
             return 0
         json_log = "" if rm else log_file(svc, ns, cid)
-        task = svc.create_task(ns, cid, foreground_io(interactive, ro.tty, json_log, log_uri))
+        fifos = FifoIO(interactive, ro.tty) if client.remote else None
+        if fifos is not None:
+            fifos.start()
+            io = fifos.process_io(json_log, log_uri)
+        else:
+            io = foreground_io(interactive, ro.tty, json_log, log_uri)
+        try:
+            task = svc.create_task(ns, cid, io)
+        except BaseException:
+            if fifos is not None:
+                fifos.finish(0)
+            raise
         trace("task created")
     except BaseException:
         cleanup(svc, ns, cid, remove_container=True)
         raise
-    return run_task_attached(svc, ns, cid, task, ro.tty, remove_container=rm)
+    try:
+        return run_task_attached(svc, ns, cid, task, ro.tty, remove_container=rm)
+    finally:
+        if fifos is not None:
+            fifos.finish()
 
 
 def exec_in_container(client: Client, ns: str, container: str, args: list[str], *, detach: bool = False,
@@ -340,9 +452,19 @@ def exec_in_container(client: Client, ns: str, container: str, args: list[str], 
     from .runtime import ProcessIO
 
     svc = service(client)
-    io = ProcessIO() if detach else foreground_io(interactive, tty)
-    task, eid = svc.exec_process(ns, container, list(args), io, exec_id=exec_id, tty=tty,
-                                 env=expand_host_env(env or []), cwd=cwd, user=user)
+    fifos = FifoIO(interactive, tty) if client.remote and not detach else None
+    if fifos is not None:
+        fifos.start()
+        io = fifos.process_io()
+    else:
+        io = ProcessIO() if detach else foreground_io(interactive, tty)
+    try:
+        task, eid = svc.exec_process(ns, container, list(args), io, exec_id=exec_id, tty=tty,
+                                     env=expand_host_env(env or []), cwd=cwd, user=user)
+    except BaseException:
+        if fifos is not None:
+            fifos.finish(0)
+        raise
     if detach:
         try:
             task.start(eid)
@@ -357,6 +479,8 @@ def exec_in_container(client: Client, ns: str, container: str, args: list[str], 
     finally:
         with contextlib.suppress(Exception):
             task.delete(exec_id=eid, force=True)
+        if fifos is not None:
+            fifos.finish()
 
 
 def follow_log(path: str, *, follow: bool, tail: int | None, running: Callable[[], bool],

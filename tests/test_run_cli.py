@@ -376,3 +376,24 @@ def test_tty_gets_a_pty_of_the_callers_size(env: Env) -> None:
     lines = [ln.strip() for ln in p.stdout.splitlines() if ln.strip()]
     assert p.returncode == 4, p.stdout + p.stderr
     assert lines[-3:] == ["/dev/pts/0", "21 77", "xterm"]
+
+
+def test_run_and_exec_through_the_daemon(env: Env) -> None:
+    from daemon_helpers import running_daemon
+
+    with running_daemon(env.roots) as (_proc, sock):
+        def remote(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([pyctr_executable(), "--address", sock, "-n", env.ns, *args], input=input,
+                                  capture_output=True, text=True, env=child_env(), timeout=60)
+
+        p = remote("run", "--rm", IMAGE, "sh", "-c", "echo out; echo err >&2; exit 3")
+        assert (p.returncode, p.stdout, p.stderr) == (3, "out\n", "err\n")
+        p = remote("run", "--rm", "-i", IMAGE, "cat", input="over-fifos\n")
+        assert (p.returncode, p.stdout) == (0, "over-fifos\n")
+        assert remote("run", "-d", "--name", "rd", IMAGE, "sleep", "60").returncode == 0
+        p = remote("exec", "-i", "rd", "sh", "-c", "cat; exit 6", input="exec-in\n")
+        assert (p.returncode, p.stdout) == (6, "exec-in\n")
+        assert remote("containers", "rm", "--force", "rd").returncode == 0
+    assert list(Path("/tmp").glob("pyctr-fifo-*")) == [] or all(
+        not any(d.iterdir()) for d in Path("/tmp").glob("pyctr-fifo-*"))
+    env.assert_nothing_left("rd")
