@@ -479,3 +479,85 @@ def test_interrupted_pull_resumes(registry_factory: RegistryFactory, big_layout:
     res = _dist(c).fetch("default", f"{srv.addr}/x/big:1", plain_http=True)
     assert res.bytes_resumed > 0
     assert _content(c).exists("default", big)
+
+
+class NoRangeProxy:
+    """Forwards GET and HEAD to a registry but drops the ``Range`` header (a server without ranges)."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import urllib.request
+
+        proxy = self
+        self.ranged = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                if self.headers.get("Range"):
+                    proxy.ranged += 1
+                hdrs = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
+                req = urllib.request.Request(f"http://{target}{self.path}", method=self.command, headers=hdrs)
+                try:
+                    with urllib.request.urlopen(req, timeout=30) as up:
+                        status, headers, body = up.status, up.headers, up.read()
+                except urllib.error.HTTPError as e:
+                    status, headers, body = e.code, e.headers, e.read()
+                self.send_response(status)
+                for k in ("Content-Type", "Docker-Content-Digest"):
+                    if headers.get(k):
+                        self.send_header(k, headers[k])
+                self.send_header("Content-Length", headers.get("Content-Length") or str(len(body)))
+                self.end_headers()
+                if self.command == "GET":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = _answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.addr = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _seed_partial_ingest(c: Any, layout: Any, digest: str, nbytes: int) -> None:
+    """Leave an interrupted ingest of ``digest`` holding its first ``nbytes`` (as a killed pull would)."""
+    data = (layout.path / "blobs" / "sha256" / digest[7:]).read_bytes()[:nbytes]
+    w = _content(c).writer("default", f"layer-{digest}", layout.blobs[digest], digest)
+    w.write(data)
+    w.close()
+
+
+def test_resume_uses_a_range_request(seeded_registry: SeededRegistry, pyctr_client_factory: ClientFactory) -> None:
+    big = seeded_registry.big
+    layer = max(big.blobs, key=lambda d: big.blobs[d])
+    c = pyctr_client_factory()
+    half = big.blobs[layer] // 2
+    _seed_partial_ingest(c, big, layer, half)
+    res = _dist(c).fetch("default", f"{seeded_registry.addr}/test/big:1", plain_http=True)
+    assert res.bytes_resumed == half
+    assert res.bytes_fetched == sum(big.blobs.values()) - half
+    assert _content(c).info("default", layer).size == big.blobs[layer]
+
+
+def test_server_ignoring_ranges_gets_the_whole_blob(seeded_registry: SeededRegistry,
+                                                    pyctr_client_factory: ClientFactory) -> None:
+    big = seeded_registry.big
+    layer = max(big.blobs, key=lambda d: big.blobs[d])
+    c = pyctr_client_factory()
+    _seed_partial_ingest(c, big, layer, 1000)
+    proxy = NoRangeProxy(seeded_registry.addr)
+    try:
+        res = _dist(c).fetch("default", f"{proxy.addr}/test/big:1", plain_http=True)
+    finally:
+        proxy.close()
+    assert proxy.ranged == 1  # it asked for the rest ...
+    assert res.bytes_resumed == 0 and res.bytes_fetched == sum(big.blobs.values())  # ... and took it all
+    assert _content(c).info("default", layer).size == big.blobs[layer]

@@ -319,7 +319,10 @@ class Fetcher:
             while w.offset < desc.size:
                 start = w.offset
                 try:
-                    fetched += self._stream(desc, w, mv, start, ref, kind)
+                    got, restarted = self._stream(desc, w, mv, start, ref, kind)
+                    fetched += got
+                    if restarted:
+                        resumed = 0  # the server ignored the range: the blob came whole
                 except (Unavailable, DeadlineExceeded) as e:
                     if not w.offset:
                         raise
@@ -357,16 +360,20 @@ class Fetcher:
         self._count(desc, fetched, resumed, True)
         self._emit(ProgressEvent(ref, desc.digest, kind, "done", desc.size, desc.size, resumed_from=resumed))
 
-    def _stream(self, desc: Descriptor, w: Any, mv: memoryview, start: int, ref: str, kind: str) -> int:
+    def _stream(self, desc: Descriptor, w: Any, mv: memoryview, start: int, ref: str,
+                kind: str) -> tuple[int, bool]:
+        """GET the blob from ``start`` into ``w``: ``(bytes received, whether it started over)``."""
         headers = {"Range": f"bytes={start}-"} if start else {}
         resp = self.rc.request("GET", f"blobs/{desc.digest}", headers, ok=(200, 206),
                                what=f"blob {desc.digest}", on_retry=self._check_cancel,
                                inflight=self._inflight)
         got = 0
+        restarted = False
         try:
             if start:
                 if resp.status == 200:
                     w.truncate(0)  # the server ignored the range: start over
+                    restarted = True
                 else:
                     cr = resp.header("Content-Range")
                     if not cr.startswith(f"bytes {start}-"):
@@ -395,7 +402,7 @@ class Fetcher:
                 raise _Cancelled() from None
             raise
         resp.close()
-        return got
+        return got, restarted
 
     def _check_cancel(self, *_: object) -> None:
         if self._cancel.is_set():
