@@ -56,6 +56,13 @@ def pid_path(sock: str) -> str:
     return sock + ".pid"
 
 
+def _code_identity() -> list[str]:
+    """Which interpreter and which pyctr: a zygote serves only clients that would run the same code."""
+    from . import __file__ as init_file
+
+    return [os.path.realpath(sys.executable), os.path.realpath(init_file)]
+
+
 # -- client side -------------------------------------------------------------------------------------
 
 def _read_messages(s: socket.socket) -> Any:
@@ -89,7 +96,8 @@ def try_run(state: str, argv: list[str]) -> int | None:
 
     umask = os.umask(0o022)
     os.umask(umask)
-    payload = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": umask}).encode()
+    payload = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": umask,
+                          "code": _code_identity()}).encode()
     fds = array.array("i", [0, 1, 2])
     try:
         s.sendmsg([_HDR.pack(len(payload)) + payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
@@ -312,7 +320,7 @@ def _handle(conn: socket.socket, listener: socket.socket, *, refuse: bool) -> in
     except (OSError, ValueError):
         return 0
     try:
-        if refuse or uid != os.getuid() or len(fds) != 3:
+        if refuse or uid != os.getuid() or len(fds) != 3 or req.get("code") != _code_identity():
             _send(conn, {"refused": "stale" if refuse else "not served"})
             return 0
         pid = os.fork()
