@@ -4,7 +4,7 @@
 store (:mod:`pyctr.metadata.containers`), the images service (to find an image's config and unpack
 it), the namespaced snapshotter (the container's writable rootfs) and the runtime plugin (tasks)::
 
-    svc = client.plugin("service", "metadata")    # or client.plugin("containers")
+    svc = client.plugin("service", "pyctr.containers.metadata")
     c = svc.create_container("default", "web", "docker.io/library/alpine:latest", RunOptions(args=["sh"]))
     task = svc.create_task("default", "web", ProcessIO(stdout=1, stderr=2))
     task.start(); task.wait(); svc.delete_container("default", "web", force=True)
