@@ -531,3 +531,41 @@ def test_recovery_after_crashes(net: Net) -> None:
     net.ok("containers", "rm", "--force", "crash1")
     net.ok("containers", "rm", "crash2")
     net.assert_clean()
+
+
+@needs_root
+def test_same_port_raced_by_two_runs(net: Net) -> None:
+    port = _free_port()
+    argv = ["run", "-d", "-p", f"127.0.0.1:{port}:8080", IMAGE, "httpd", "-f", "-p", "8080", "-h", "/etc"]
+    procs = [subprocess.Popen(net.cmd(*argv[:2], "--name", f"race{i}", *argv[2:]), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=child_env()) for i in range(3)]
+    results = [(p.wait(60), p.stderr.read()) for p in procs]
+    for p in procs:
+        for f in (p.stdout, p.stderr):
+            if f is not None:
+                f.close()
+    winners = [i for i, (code, _) in enumerate(results) if code == 0]
+    assert len(winners) == 1, results
+    assert all("already" in err for code, err in results if code != 0), results
+    assert net.ok("containers", "ls", "-q").split() == [f"race{winners[0]}"]
+    assert _http_get(port, "/hostname") == f"race{winners[0]}\n"
+    net.ok("containers", "rm", "--force", f"race{winners[0]}")
+    net.assert_clean()
+
+
+@needs_root
+def test_through_the_daemon(net: Net) -> None:
+    from daemon_helpers import running_daemon
+
+    port = _free_port()
+    with running_daemon(net.roots) as (_proc, sock):
+        d = ["--address", sock]
+        net.ok(*d, "run", "-d", "--name", "dweb", "-p", f"127.0.0.1:{port}:8080", IMAGE, "httpd", "-f", "-p",
+               "8080", "-h", "/etc")
+        assert _http_get(port, "/hostname") == "dweb\n"
+        info = json.loads(net.ok(*d, "containers", "info", "dweb"))
+        assert info["network"]["ports"] == [f"127.0.0.1:{port}->8080/tcp"]
+        assert info["network"]["ip"] in net.ok(*d, "tasks", "ls")
+        assert "1" in net.ok(*d, "network", "ls").splitlines()[1].split()[-1]
+        net.ok(*d, "containers", "rm", "--force", "dweb")
+    net.assert_clean()
