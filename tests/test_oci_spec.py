@@ -265,6 +265,9 @@ def test_seccomp_toggle_and_capability_rules() -> None:
     assert {"mount", "unshare", "setns"} <= admin
     prof = default_profile(DEFAULT_CAPABILITIES, "amd64")
     assert prof["architectures"][0] == "SCMP_ARCH_X86_64"
+    assert default_profile([], "amd64", x32=True)["architectures"] == [
+        "SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    assert default_profile([], "amd64", x32=False)["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
     clone = next(r for r in prof["syscalls"] if r["names"] == ["clone"])
     assert clone["args"][0]["op"] == "SCMP_CMP_MASKED_EQ" and clone["args"][0]["value"] == 0x7E020000
     clone3 = next(r for r in prof["syscalls"] if r["names"] == ["clone3"])
