@@ -20,7 +20,7 @@ import contextlib
 import logging
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -363,6 +363,19 @@ class ContainerService:
         proc.pop("consoleSize", None)
         task.exec(exec_id, proc, io)
         return task, exec_id
+
+    def batch_run(self, ns: str, specs: builtins.list[Mapping[str, Any]] | None = None,
+                  **kw: Any) -> Iterator[dict[str, Any]]:
+        """Launch containers in bulk (:func:`pyctr.batch.batch_run`): result and progress dicts, streamed."""
+        from pyctr.batch import batch_run, dicts
+
+        return dicts(batch_run(self, ns, specs, **kw))
+
+    def batch_remove(self, ns: str, filters: builtins.list[str], parallel: int = 8) -> Iterator[dict[str, Any]]:
+        """Remove every container matching ``filters`` with its task: ``{"id", "error"}`` each."""
+        from pyctr.batch import batch_remove
+
+        return batch_remove(self, ns, filters, parallel=parallel)
 
     def close(self) -> None:
         pass

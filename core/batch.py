@@ -1,0 +1,760 @@
+"""Launching containers in bulk (``pyctr batch run``): the batch engine.
+
+:func:`batch_run` starts N containers -- ``count`` copies of one image and command, or a list of
+:class:`BatchSpec` entries (image, command, env, mounts, resources, labels each) -- with at most
+``parallel`` alive at once, and yields a :class:`BatchResult` per container as it finishes (or, with
+``detach``, as it is started), interleaved with :class:`BatchProgress` ticks for progress bars.
+
+Where the time goes, and what is done about it (figures in ``bench/RESULTS.md``):
+
+* **Once per batch**: each distinct image is resolved and unpacked once; each distinct set of options
+  gets one OCI spec, generated once (default seccomp profile included) and serialised once with a
+  placeholder for the container id, so a container's ``config.json`` and its record's spec are a
+  string replace.
+* **Once per chunk** (up to 64 containers): the active snapshots and the container records are written
+  in ONE metadata transaction (a savepoint per entry, so one bad entry fails alone); removal with
+  ``rm`` likewise deletes a chunk of snapshots and records in one transaction.
+* **Per container**, run to completion (the default): one ``runc run`` (create, start, wait and delete
+  in one invocation -- a third of the runc processes of create + start + delete) spawned with
+  ``posix_spawn`` and supervised by the batch itself, which waits for it anyway; the rootfs is mounted
+  into a bundle in the runtime's state directory (``load()`` of the runtime removes such a bundle
+  left by a crash).  No per-container interpreter, no shim round trips.
+* **Per container, detached** (``detach``): the containers must outlive the caller, so they are
+  tasks of the runtime plugin, put in shared shims of ``group_size`` containers each (``group=``
+  of :meth:`pyctr.runtime.Runtime.create`): one Python shim per group instead of one per container.
+* Nothing here lists or scans what already runs: every lookup is by id.
+
+Failure of one entry (a missing command, a runc error, a taken id) is reported in that entry's result
+(``error``, ``exit_status`` 127 for a missing command) and the others go on.  Closing the iterator
+early (Ctrl-C in the CLI, a client gone from the daemon) stops launching, kills the containers this
+batch runs in the foreground, and removes what it made that is not a finished container kept on
+purpose: with ``rm`` nothing of the batch is left (no mount, shim, cgroup, runc state or record).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import secrets
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errdefs import InvalidArgument, NotFound, PyctrError
+
+log = logging.getLogger("pyctr.batch")
+
+#: The label every container of a batch carries (``pyctr batch rm`` finds a batch by it).
+LABEL_BATCH_ID = "pyctr.batch.id"
+#: The runtime plugin the records name (the runc plugin serves them).
+DEFAULT_RUNTIME = "pyctr.runtime.runc"
+EXT_RUN_OPTIONS = "pyctr.run-options"
+LABEL_IMAGE_STOP_SIGNAL = "io.containerd.image.config.stop-signal"
+
+#: Stands for the container id in a serialised spec template (no JSON escaping needed).
+_TOKEN = "@@pyctr-batch-id@@"
+_CHUNK = 64
+_TICK = 0.25
+
+
+@dataclass
+class BatchSpec:
+    """One entry of a batch (a line of ``--spec FILE.jsonl``).
+
+    ``args`` replace the image's command (``None``: the image's own).  ``mounts`` are OCI mount dicts
+    or ``--mount`` strings (``type=bind,src=...,dst=...``).  ``resources``: ``memory`` (bytes or
+    ``64m``), ``cpus``, ``pids_limit``.  ``net``: ``none`` (own namespace, lo only) or ``host``.
+    ``id``: the container id (default: the batch id and the entry's index).
+    """
+
+    image: str = ""
+    args: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+    mounts: list[Any] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    net: str = "none"
+    id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BatchSpec:
+        known = {"image", "args", "command", "cmd", "env", "mounts", "resources", "labels", "net", "id",
+                 "memory", "cpus", "pids_limit"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidArgument(f"batch entry: unknown field(s) {', '.join(unknown)} (known: "
+                                  f"{', '.join(sorted(known))})")
+        args = d.get("args", d.get("command", d.get("cmd")))
+        if isinstance(args, str):
+            args = [args]
+        if args is not None and (not isinstance(args, list) or not all(isinstance(a, str) for a in args)):
+            raise InvalidArgument("batch entry: args must be a list of strings")
+        env = d.get("env") or []
+        if isinstance(env, Mapping):
+            env = [f"{k}={v}" for k, v in env.items()]
+        labels = d.get("labels") or {}
+        if not isinstance(labels, Mapping):
+            raise InvalidArgument("batch entry: labels must be an object of strings")
+        resources = dict(d.get("resources") or {})
+        for k in ("memory", "cpus", "pids_limit"):
+            if k in d:
+                resources[k] = d[k]
+        return cls(image=str(d.get("image") or ""), args=list(args) if args is not None else None,
+                   env=[str(e) for e in env], mounts=list(d.get("mounts") or []), resources=resources,
+                   labels={str(k): str(v) for k, v in labels.items()}, net=str(d.get("net") or "none"),
+                   id=str(d.get("id") or ""))
+
+
+@dataclass
+class BatchResult:
+    """How one container of a batch went.
+
+    ``exit_status`` is ``None`` while it runs (detached); ``error`` is set when the container could
+    not be made or started (``exit_status`` then 127 for a missing command, else 125 as docker does).
+    ``started_at`` is Unix time, ``duration`` seconds from launch to exit (or to started, detached).
+    """
+
+    id: str
+    index: int
+    pid: int = 0
+    started_at: float = 0.0
+    exit_status: int | None = None
+    duration: float = 0.0
+    error: str = ""
+    status: str = "exited"  # exited | running | failed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = "result"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BatchResult:
+        es = d.get("exit_status")
+        return cls(id=str(d["id"]), index=int(d.get("index", 0)), pid=int(d.get("pid") or 0),
+                   started_at=float(d.get("started_at") or 0.0), exit_status=None if es is None else int(es),
+                   duration=float(d.get("duration") or 0.0), error=str(d.get("error") or ""),
+                   status=str(d.get("status") or "exited"))
+
+
+@dataclass
+class BatchProgress:
+    """Counts so far: ``total`` to launch, ``started``, ``running`` now, ``exited``, ``failed``."""
+
+    batch_id: str
+    total: int
+    started: int = 0
+    running: int = 0
+    exited: int = 0
+    failed: int = 0
+    elapsed: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = "progress"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BatchProgress:
+        return cls(batch_id=str(d.get("batch_id", "")), total=int(d.get("total", 0)),
+                   started=int(d.get("started", 0)), running=int(d.get("running", 0)),
+                   exited=int(d.get("exited", 0)), failed=int(d.get("failed", 0)),
+                   elapsed=float(d.get("elapsed", 0.0)))
+
+
+def from_wire(d: Mapping[str, Any]) -> BatchResult | BatchProgress:
+    return BatchProgress.from_dict(d) if d.get("kind") == "progress" else BatchResult.from_dict(d)
+
+
+def new_batch_id() -> str:
+    return "b" + secrets.token_hex(4)
+
+
+def _run_options(entry: BatchSpec) -> Any:
+    from . import oci
+
+    mounts = [oci.parse_mount(m) if isinstance(m, str) else dict(m) for m in entry.mounts]
+    res = entry.resources
+    memory = res.get("memory")
+    if isinstance(memory, str):
+        memory = oci.parse_size(memory)
+    cpus = res.get("cpus")
+    if isinstance(cpus, str):
+        cpus = oci.parse_cpus(cpus)
+    pids = res.get("pids_limit")
+    net = entry.net or "none"
+    if net not in oci.NET_MODES:
+        raise InvalidArgument(f"batch: --net {net!r} is not supported (none or host)")
+    return oci.RunOptions(args=list(entry.args or []), env=list(entry.env), mounts=mounts, net=net,
+                          memory=int(memory) if memory is not None else None,
+                          cpus=float(cpus) if cpus is not None else None,
+                          pids_limit=int(pids) if pids is not None else None)
+
+
+class _Image:
+    """What a batch needs of an image, found once: record name, config, top chain id, snapshotter."""
+
+    def __init__(self, svc: Any, ns: str, name: str) -> None:
+        img, self.config, self.top = svc.image_config(ns, name)
+        self.name = str(img.name)
+        self.sn_name = str(svc.snapshotter_name(ns))
+        svc._ensure_unpacked(ns, name, self.sn_name, self.top)
+        self.sn = svc.md.snapshotter(self.sn_name)
+        from .oci import stop_signal
+
+        self.stop_signal = stop_signal(self.config)
+
+
+class _Template:
+    """A spec generated once (with the first container's rootfs for user lookups), kept serialised
+    with :data:`_TOKEN` for the id, and the record fields that go with it."""
+
+    def __init__(self, image: _Image, opts: Any, ns: str, cgroup_path: Callable[[str], str],
+                 mounts: Sequence[Any]) -> None:
+        from .oci import generate_spec
+        from .usergroup import root_for_mounts
+
+        spec = generate_spec(image.config, root_for_mounts(mounts), opts, container_id=_TOKEN, namespace=ns)
+        spec["hostname"] = _TOKEN if opts.net != "host" else spec.get("hostname", "")
+        if not spec["hostname"]:
+            spec.pop("hostname")
+        spec["linux"]["cgroupsPath"] = cgroup_path(_TOKEN)
+        spec["root"]["path"] = "rootfs"
+        spec["process"]["terminal"] = False
+        # the record keeps the same spec with the ns/id cgroup path the runtime would fill in
+        self.bundle_json = json.dumps(spec, separators=(",", ":"))
+        spec["linux"]["cgroupsPath"] = f"/{ns}/{_TOKEN}"
+        self.record_json = json.dumps(spec, separators=(",", ":"), sort_keys=True)
+        self.opts_json = json.dumps({EXT_RUN_OPTIONS: opts.to_dict()}, separators=(",", ":"), sort_keys=True)
+        self.hostname_len = 12
+
+    def bundle_spec(self, cid: str) -> str:
+        return self.bundle_json.replace(_TOKEN, cid)
+
+    def record_spec(self, cid: str) -> str:
+        # the hostname is the id's first 12 characters, as generate_spec makes it
+        return self.record_json.replace(f'"hostname":"{_TOKEN}"', f'"hostname":"{cid[:12]}"').replace(_TOKEN, cid)
+
+
+@dataclass
+class _Item:
+    index: int
+    entry: BatchSpec
+    id: str
+    image: _Image | None = None
+    template: _Template | None = None
+    mounts: list[Any] = field(default_factory=list)
+    result: BatchResult | None = None
+    pid_file: str = ""
+    runc_pid: int = 0
+    killed: bool = False
+    made: bool = False  # snapshot and record exist
+    submitted: bool = False
+
+
+class Batch:
+    """One batch run: see :func:`batch_run` (which drives it)."""
+
+    def __init__(self, svc: Any, ns: str, entries: Sequence[BatchSpec], *, parallel: int = 8,
+                 rm: bool = False, detach: bool = False, group_size: int = 50, batch_id: str = "",
+                 labels: Mapping[str, str] | None = None, mode: str = "auto") -> None:
+        from .identifiers import validate_identifier
+
+        if rm and detach:
+            raise InvalidArgument("--rm and --detach cannot be used together")
+        if parallel < 1:
+            raise InvalidArgument("--parallel must be at least 1")
+        if group_size < 1:
+            raise InvalidArgument("--group-size must be at least 1")
+        if mode not in ("auto", "direct", "shim"):
+            raise InvalidArgument(f"batch mode {mode!r}: auto, direct or shim")
+        if detach and mode == "direct":
+            raise InvalidArgument("detached containers need shims: mode direct is for run-to-completion")
+        self.svc = svc
+        self.ns = ns
+        self.parallel = parallel
+        self.rm = rm
+        self.detach = detach
+        self.group_size = group_size
+        self.mode = "shim" if detach or mode == "shim" else "direct"
+        self.batch_id = batch_id or new_batch_id()
+        validate_identifier(self.batch_id, "batch id")
+        self.labels = dict(labels or {})
+        self.labels[LABEL_BATCH_ID] = self.batch_id
+        from .metadata.containers import validate_id
+
+        width = len(str(max(len(entries) - 1, 0)))
+        self.items: list[_Item] = []
+        seen: set[str] = set()
+        for i, e in enumerate(entries):
+            cid = e.id or f"{self.batch_id}-{i:0{width}d}"
+            validate_id(cid)
+            if cid in seen:
+                raise InvalidArgument(f"batch: container id {cid!r} appears twice")
+            seen.add(cid)
+            self.items.append(_Item(i, e, cid))
+        self._images: dict[str, _Image] = {}
+        self._templates: dict[str, _Template] = {}
+        self._lock = threading.Lock()
+        self._running: dict[str, _Item] = {}
+        self.stopping = threading.Event()
+        self.progress = BatchProgress(self.batch_id, len(self.items))
+        self._t0 = time.monotonic()
+        rt = svc.runtime(DEFAULT_RUNTIME)
+        self.rt = rt
+        self.md = svc.md
+        self.db = svc.md.db
+        svc.store  # noqa: B018 -- the containers table exists before the first chunk's insert
+
+    # -- shared work ---------------------------------------------------------------------------------
+
+    def _image(self, name: str) -> _Image:
+        img = self._images.get(name)
+        if img is None:
+            if not name:
+                raise InvalidArgument("batch entry without an image")
+            img = self._images[name] = _Image(self.svc, self.ns, name)
+        return img
+
+    def _template(self, it: _Item, mounts: Sequence[Any]) -> _Template:
+        e = it.entry
+        key = json.dumps([e.image, e.args, e.env, e.mounts, e.resources, e.net], sort_keys=True, default=str)
+        t = self._templates.get(key)
+        if t is None:
+            assert it.image is not None
+            t = self._templates[key] = _Template(it.image, _run_options(e), self.ns,
+                                                 lambda cid: str(self.rt.cgroup_path(self.ns, cid)), mounts)
+        return t
+
+    # -- records -------------------------------------------------------------------------------------
+
+    def _make_chunk(self, chunk: list[_Item]) -> list[_Item]:
+        """Snapshots and records of ``chunk`` in one transaction; returns the entries made (the others
+        carry a failed result)."""
+        from .metadata.db import now_ns
+
+        made: list[_Item] = []
+        with self.db.tx() as tx:
+            for it in chunk:
+                tx.execute("SAVEPOINT batch_entry")
+                try:
+                    it.image = self._image(it.entry.image)
+                    sn = it.image.sn
+                    try:
+                        mounts = sn.prepare(self.ns, it.id, it.image.top)
+                    except PyctrError as e:
+                        if "already exists" in str(e):
+                            raise PyctrError(f"container or snapshot {it.id!r} already exists") from None
+                        raise
+                    it.mounts = [m.to_dict() for m in mounts]
+                    t = it.template = self._template(it, mounts)
+                    labels = {**self.labels, **it.entry.labels}
+                    if it.image.stop_signal:
+                        labels.setdefault(LABEL_IMAGE_STOP_SIGNAL, it.image.stop_signal)
+                    from .metadata.containers import validate_labels
+
+                    validate_labels(labels)
+                    if tx.execute("SELECT 1 FROM containers WHERE ns=? AND id=?", (self.ns, it.id)).fetchone():
+                        raise PyctrError(f"container {it.id!r} already exists in namespace {self.ns!r}")
+                    now = now_ns()
+                    tx.execute(
+                        "INSERT INTO containers(ns, id, image, snapshotter, snapshot_key, runtime, spec, labels, "
+                        "extensions, created_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+                        (self.ns, it.id, it.image.name, it.image.sn_name, it.id,
+                         '{"name":"' + DEFAULT_RUNTIME + '","options":{}}', t.record_spec(it.id),
+                         json.dumps(labels, separators=(",", ":"), sort_keys=True), t.opts_json, now, now))
+                    tx.execute("RELEASE batch_entry")
+                    it.made = True
+                    made.append(it)
+                except Exception as e:
+                    tx.execute("ROLLBACK TO batch_entry")
+                    tx.execute("RELEASE batch_entry")
+                    self._fail(it, e)
+        if made:
+            self.db.mutated("create")
+        return made
+
+    def _remove_chunk(self, chunk: list[_Item]) -> None:
+        """Snapshots and records of ``chunk`` gone, in one transaction."""
+        if not chunk:
+            return
+        with self.db.tx() as tx:
+            for it in chunk:
+                if not it.made:
+                    continue
+                if it.image is not None:
+                    with contextlib.suppress(NotFound):
+                        try:
+                            it.image.sn.remove(self.ns, it.id)
+                        except PyctrError as e:
+                            if isinstance(e, NotFound):
+                                raise
+                            log.warning("batch: removing snapshot %s: %s", it.id, e)
+                tx.execute("DELETE FROM containers WHERE ns=? AND id=?", (self.ns, it.id))
+                it.made = False
+        self.db.mutated("delete")
+
+    def _fail(self, it: _Item, e: BaseException, exit_status: int = 125, started: float = 0.0) -> None:
+        from .runtime import CommandNotFound
+
+        if isinstance(e, CommandNotFound):
+            exit_status = 127
+        msg = str(e) if isinstance(e, PyctrError) else f"{type(e).__name__}: {e}"
+        it.result = BatchResult(it.id, it.index, started_at=started, exit_status=exit_status,
+                                duration=time.time() - started if started else 0.0, error=msg, status="failed")
+
+    # -- one container, run to completion by runc itself -----------------------------------------------
+
+    def _run_direct(self, it: _Item) -> _Item:
+        from .mount import mount_all, unmount_all_under
+        from .snapshots import Mount
+
+        assert it.template is not None
+        b = self.rt.bundle(self.ns, it.id)
+        path = str(b.path)
+        rootfs = os.path.join(path, "rootfs")
+        runc_log = os.path.join(path, "log.json")
+        it.pid_file = os.path.join(path, "init.pid")
+        started = 0.0
+        mounted = False
+        try:
+            if self.stopping.is_set():
+                raise PyctrError("batch interrupted before this container started")
+            os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+            os.mkdir(path, 0o700)
+            fd = os.open(os.path.join(path, "config.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         0o600)
+            try:
+                os.write(fd, it.template.bundle_spec(it.id).encode())
+            finally:
+                os.close(fd)
+            os.mkdir(rootfs, 0o711)
+            mounted = True
+            mount_all([Mount.from_dict(m) for m in it.mounts], rootfs)
+            argv = [self.rt.runc_path, "--root", self.rt.runc_root_for(self.ns), "--log", runc_log,
+                    "--log-format", "json", "run", "--bundle", path, "--pid-file", it.pid_file, it.id]
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                with self._lock:
+                    if self.stopping.is_set():
+                        raise PyctrError("batch interrupted before this container started")
+                    started = time.time()
+                    it.runc_pid = os.posix_spawn(argv[0], argv, os.environ,
+                                                 file_actions=[(os.POSIX_SPAWN_DUP2, null, i) for i in range(3)],
+                                                 setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE,
+                                                            signal.SIGHUP))
+                    self._running[it.id] = it
+                    self.progress.started += 1
+            finally:
+                os.close(null)
+            try:
+                _, status = _waitpid(it.runc_pid)
+            finally:
+                with self._lock:
+                    self._running.pop(it.id, None)
+            ended = time.time()
+            code = os.waitstatus_to_exitcode(status)
+            if code < 0:
+                code = 128 - code
+            pid = _read_pid(it.pid_file)
+            err = ""
+            if code != 0:
+                from pyctr.plugins.runtime.runc import runc as R
+
+                err = R.last_error(runc_log, 0)
+                if err and R.is_command_not_found(err):
+                    code = 127
+            if it.killed and not err:
+                err = "killed: the batch was interrupted"
+            it.result = BatchResult(it.id, it.index, pid=pid, started_at=started, exit_status=code,
+                                    duration=ended - started, error=err, status="failed" if err else "exited")
+        except Exception as e:
+            self._fail(it, e, started=started)
+        finally:
+            if mounted:
+                try:
+                    unmount_all_under(rootfs, lazy=True)
+                except Exception as e:
+                    log.warning("batch: unmounting %s: %s", rootfs, e)
+            if it.runc_pid and it.result is not None and it.result.status == "failed":
+                self._runc_delete(it.id)  # runc's own clean-up did not run (an error, a kill)
+            with contextlib.suppress(FileNotFoundError):
+                if not os.path.ismount(rootfs):
+                    shutil.rmtree(path)
+        return it
+
+    def _runc_delete(self, cid: str) -> None:
+        import subprocess
+
+        subprocess.run([self.rt.runc_path, "--root", self.rt.runc_root_for(self.ns), "delete", "--force", cid],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=30, check=False)
+        from pyctr.plugins.runtime.runc import cgroups
+
+        with contextlib.suppress(OSError):
+            cgroups.remove(str(self.rt.cgroup_path(self.ns, cid)))
+
+    def _kill_running(self) -> None:
+        """SIGKILL the containers this batch runs in the foreground (runc then cleans up after them)."""
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            with self._lock:
+                items = list(self._running.values())
+            if not items:
+                return
+            for it in items:
+                pid = _read_pid(it.pid_file)
+                if pid:
+                    it.killed = True
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+
+    # -- one container through the runtime plugin (shared shims) ---------------------------------------
+
+    def _group(self, it: _Item) -> str:
+        return f"{self.batch_id}-g{it.index // self.group_size}"
+
+    def _run_shim(self, it: _Item) -> _Item:
+        from .runtime import ProcessIO
+
+        started = 0.0
+        task = None
+        try:
+            if self.stopping.is_set():
+                raise PyctrError("batch interrupted before this container started")
+            started = time.time()
+            log_dir = self.svc.root / self.ns / it.id
+            log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            io = ProcessIO(json_log=str(log_dir / "log.json")) if self.detach else ProcessIO()
+            task = self.svc.create_task(self.ns, it.id, io, group=self._group(it))
+            with self._lock:
+                self._running[it.id] = it
+                self.progress.started += 1
+            pid = task.start()
+            if self.detach:
+                it.result = BatchResult(it.id, it.index, pid=pid, started_at=started, exit_status=None,
+                                        duration=time.time() - started, status="running")
+                return it
+            st = task.wait()
+            with self._lock:
+                self._running.pop(it.id, None)
+            it.result = BatchResult(it.id, it.index, pid=pid, started_at=started, exit_status=st.exit_status,
+                                    duration=st.exited_at - started if st.exited_at else time.time() - started)
+            task.delete(force=True)
+            task = None
+        except Exception as e:
+            self._fail(it, e, started=started)
+        finally:
+            with self._lock:
+                self._running.pop(it.id, None)
+            if task is not None and (it.result is None or it.result.status != "running"):
+                with contextlib.suppress(Exception):
+                    task.delete(force=True)
+        return it
+
+    # -- driving ---------------------------------------------------------------------------------------
+
+    def _snapshot(self) -> BatchProgress:
+        p = self.progress
+        with self._lock:
+            p.running = len(self._running)
+        p.elapsed = time.monotonic() - self._t0
+        return BatchProgress(**asdict(p))
+
+    def run(self, progress: bool = True) -> Iterator[BatchResult | BatchProgress]:
+        """Launch everything; yield results as containers finish (and progress ticks)."""
+        done_q: queue.Queue[_Item] = queue.Queue()
+        pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="pyctr-batch")
+        work = self._run_shim if self.mode == "shim" else self._run_direct
+        waiting: list[_Item] = []  # records made, not handed to a worker yet
+        finished: list[_Item] = []  # finished, to remove (rm, or never started)
+        inflight = 0
+        next_i = 0
+        total = len(self.items)
+        emitted = 0
+        clean = False
+        last_tick = 0.0
+
+        def submit(it: _Item) -> None:
+            it.submitted = True
+            pool.submit(work, it).add_done_callback(lambda _f: done_q.put(it))
+
+        try:
+            while emitted < total:
+                # keep the workers fed: records a chunk at a time, a bounded distance ahead
+                while next_i < total and len(waiting) < self.parallel + _CHUNK // 2:
+                    chunk = self.items[next_i:next_i + _CHUNK]
+                    next_i += len(chunk)
+                    waiting.extend(self._make_chunk(chunk))
+                    for it in chunk:
+                        if not it.made:
+                            done_q.put(it)  # failed already
+                while waiting and inflight < self.parallel:
+                    submit(waiting.pop(0))
+                    inflight += 1
+                try:
+                    it = done_q.get(timeout=_TICK)
+                except queue.Empty:
+                    if progress:
+                        yield self._snapshot()
+                    continue
+                batch = [it]
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        batch.append(done_q.get_nowait())
+                for it in batch:
+                    if it.submitted:
+                        inflight -= 1
+                    if it.result is None:
+                        it.result = BatchResult(it.id, it.index, error="no result", status="failed")
+                    if it.result.status == "failed":
+                        self.progress.failed += 1
+                    elif it.result.status == "exited":
+                        self.progress.exited += 1
+                    if it.made and (self.rm or it.result.status == "failed"):
+                        finished.append(it)
+                if len(finished) >= _CHUNK or (finished and emitted + len(batch) >= total) or (
+                        finished and not waiting and next_i >= total and inflight == 0):
+                    self._remove_chunk(finished)
+                    finished = []
+                for it in batch:
+                    emitted += 1
+                    assert it.result is not None
+                    yield it.result
+                now = time.monotonic()
+                if progress and now - last_tick >= _TICK:
+                    last_tick = now
+                    yield self._snapshot()
+            if progress:
+                yield self._snapshot()
+            clean = True
+        finally:
+            self._finish(pool, clean)
+
+    def _finish(self, pool: ThreadPoolExecutor, clean: bool) -> None:
+        restore = None
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(ValueError):
+                restore = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this
+        try:
+            self.stopping.set()
+            if not clean and self.mode == "direct":
+                self._kill_running()
+            pool.shutdown(wait=True, cancel_futures=True)
+            if not clean and self.mode == "direct":
+                self._kill_running()
+            if not clean and self.rm and self.mode == "shim":
+                for it in self.items:
+                    if it.made and it.result is not None and it.result.status == "running":
+                        with contextlib.suppress(Exception):
+                            self.svc.get_task(self.ns, it.id).delete(force=True)
+            leftovers = [it for it in self.items if it.made and (
+                it.result is None or self.rm or it.result.status == "failed")]
+            for i in range(0, len(leftovers), _CHUNK):
+                try:
+                    self._remove_chunk(leftovers[i:i + _CHUNK])
+                except Exception:
+                    log.warning("batch %s: removing containers failed", self.batch_id, exc_info=True)
+        finally:
+            if restore is not None:
+                signal.signal(signal.SIGINT, restore)
+
+
+def _waitpid(pid: int) -> tuple[int, int]:
+    while True:
+        try:
+            return os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+
+
+def _read_pid(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def entries_for(specs: Iterable[BatchSpec | Mapping[str, Any]] | None = None, image: str = "",
+                args: Sequence[str] | None = None, count: int = 1, env: Sequence[str] = (),
+                net: str = "none") -> list[BatchSpec]:
+    """The batch's entries: ``specs`` (missing images and commands taken from ``image``/``args``), or
+    ``count`` copies of ``image`` running ``args``."""
+    if specs is not None:
+        out = []
+        for s in specs:
+            e = s if isinstance(s, BatchSpec) else BatchSpec.from_dict(s)
+            if not e.image:
+                e.image = image
+            if e.args is None and args:
+                e.args = list(args)
+            out.append(e)
+        return out
+    if count < 0:
+        raise InvalidArgument("--count must not be negative")
+    if not image:
+        raise InvalidArgument("batch run needs an image (or --spec entries that name one)")
+    return [BatchSpec(image=image, args=list(args) if args else None, env=list(env), net=net)
+            for _ in range(count)]
+
+
+def batch_run(svc: Any, ns: str, specs: Iterable[BatchSpec | Mapping[str, Any]] | None = None, *,
+              image: str = "", args: Sequence[str] | None = None, count: int = 1, parallel: int = 8,
+              rm: bool = False, detach: bool = False, group_size: int = 50, batch_id: str = "",
+              labels: Mapping[str, str] | None = None, env: Sequence[str] = (), net: str = "none",
+              mode: str = "auto", progress: bool = True) -> Iterator[BatchResult | BatchProgress]:
+    """Launch a batch through the containers service ``svc`` (see the module docstring)."""
+    b = Batch(svc, ns, entries_for(specs, image, args, count, env, net), parallel=parallel, rm=rm,
+              detach=detach, group_size=group_size, batch_id=batch_id, labels=labels, mode=mode)
+    return b.run(progress)
+
+
+def dicts(it: Iterator[BatchResult | BatchProgress]) -> Iterator[dict[str, Any]]:
+    """``it`` as wire dicts; closing this closes ``it`` (the batch cleans up at once)."""
+    try:
+        for r in it:
+            yield r.to_dict()
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+def batch_remove(svc: Any, ns: str, filters: Sequence[str], *, parallel: int = 8) -> Iterator[dict[str, Any]]:
+    """Remove every container matching ``filters`` (e.g. ``labels."pyctr.batch.id"==b1234``): tasks
+    killed and deleted, snapshots and records gone; yields ``{"id", "error"}`` per container."""
+    if not filters:
+        raise InvalidArgument("batch rm needs a filter (a label or a batch id)")
+    containers = svc.list(ns, list(filters))
+
+    def one(c: Any) -> dict[str, Any]:
+        try:
+            svc.delete_container(ns, c.id, force=True)
+            return {"id": c.id, "error": ""}
+        except NotFound:
+            return {"id": c.id, "error": ""}
+        except Exception as e:
+            return {"id": c.id, "error": str(e) if isinstance(e, PyctrError) else f"{type(e).__name__}: {e}"}
+
+    if not containers:
+        return iter(())
+    with ThreadPoolExecutor(max(1, min(parallel, len(containers))), thread_name_prefix="pyctr-batch-rm") as ex:
+        results = list(ex.map(one, containers))
+    return iter(results)
+
+
+__all__ = ["LABEL_BATCH_ID", "Batch", "BatchProgress", "BatchResult", "BatchSpec", "batch_remove",
+           "batch_run", "entries_for", "from_wire", "new_batch_id"]
