@@ -510,9 +510,11 @@ def test_zygote_forks_shims_and_recovers(tmp_path: Path, rootfs: Path) -> None:
         t = rt.create(NS, "z2", busybox_spec(rootfs, ["sleep", "100"]), [], ProcessIO())
         shim = t.state().shim_pid
         with open(f"/proc/{shim}/stat") as f:
-            assert int(f.read().rsplit(") ", 1)[1].split()[1]) != zpid, "the shim is still the zygote's child"
+            assert int(f.read().rsplit(") ", 1)[1].split()[1]) == zpid, "the shim was not forked by the zygote"
         os.kill(zpid, signal.SIGKILL)  # a dead zygote: the next shim starts cold, a new zygote follows
         assert wait_gone(zpid)
+        t.start()
+        assert t.state().status == TaskStatus.RUNNING and t.state().shim_pid == shim  # outlives its parent
         t2 = rt.create(NS, "z3", busybox_spec(rootfs, ["true"]), [], ProcessIO())
         info = None
         deadline = time.monotonic() + 5

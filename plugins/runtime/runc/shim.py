@@ -1193,6 +1193,7 @@ class Zygote:
         import termios  # noqa: F401
 
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # forked shims are reaped by the kernel
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         gc.collect()
@@ -1273,35 +1274,23 @@ class Zygote:
             _close_all(fds)
 
     def _fork_shim(self, cfg: dict[str, Any]) -> int:
-        r, w = os.pipe()
+        """Fork a shim (one fork: the zygote ignores SIGCHLD, so the kernel reaps its shims; a shim
+        whose zygote is gone belongs to init)."""
         pid = os.fork()
-        if pid == 0:  # intermediate
+        if pid == 0:
             try:
-                os.close(r)
                 os.setsid()
-                gpid = os.fork()
-                if gpid == 0:  # the shim
-                    try:
-                        os.close(w)
-                        self.listener.close()
-                        log = cfg.get("log")
-                        if log:
-                            fd = os.open(str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                            os.dup2(fd, 2)
-                            os.close(fd)
-                        Shim(cfg).run()
-                    finally:
-                        os._exit(0)
-                os.write(w, str(gpid).encode())
+                self.listener.close()
+                log = cfg.get("log")
+                if log:
+                    fd = os.open(str(log), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                    os.dup2(fd, 2)
+                    os.close(fd)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                Shim(cfg).run()
             finally:
                 os._exit(0)
-        os.close(w)
-        try:
-            got = os.read(r, 32)
-        finally:
-            os.close(r)
-        os.waitpid(pid, 0)
-        return int(got or b"0")
+        return pid
 
 
 def main(cfg: dict[str, Any] | str) -> None:
