@@ -213,3 +213,23 @@ def test_hosts_toml_server_and_pull_mirror(seeded_registry: Any, registry_factor
     with pytest.raises(PyctrError) as ei2:
         _fetch(c2, "bad.invalid/a:1")
     assert "servr" in str(ei2.value)
+
+
+def test_host_configuration(tmp_path: Path) -> None:
+    from pyctr.plugins.distribution.registry.hosts import Hosts
+
+    h = Hosts(str(tmp_path), {"reg.example:5000": {"plain_http": True, "headers": {"X-A": "1"}}})
+    hub = h.get("docker.io")
+    assert (hub.host, hub.scheme, hub.api_url) == ("registry-1.docker.io", "https", "https://registry-1.docker.io/v2")
+    r = h.get("reg.example:5000")
+    assert r.scheme == "http" and r.headers == {"X-A": "1"}
+    assert h.get("other.example", plain_http=True).scheme == "http"
+    with pytest.raises(PyctrError) as ei:
+        Hosts("", {"x": {"insecur": True}})
+    assert "insecur" in str(ei.value)
+    d = tmp_path / "tls.example"
+    d.mkdir()
+    (d / "client.cert").write_text("x")
+    with pytest.raises(PyctrError) as ei:
+        h.get("tls.example")
+    assert "client.key" in str(ei.value)
