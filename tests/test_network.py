@@ -183,24 +183,32 @@ def _rules() -> set[str]:
 
 
 def _purge_rules(prefix: str) -> list[str]:
-    """Delete iptables rules that name an address starting with ``prefix`` (and the CNI chains they
-    jump to); the rules deleted."""
+    """Delete iptables rules that name an address starting with ``prefix``, then the CNI chains they
+    jump to; the rules deleted."""
     import shlex
 
-    done = []
-    for table in ("nat", "filter"):
-        out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=False).stdout
-        for ln in out.splitlines():
-            if not ln.startswith("-A ") or prefix not in ln:
-                continue
-            args = shlex.split(ln)[1:]
-            subprocess.run(["iptables", "-w", "-t", table, "-D", *args], capture_output=True, check=False)
-            done.append(ln)
-            if "-j" in args and args[args.index("-j") + 1].startswith("CNI-") and \
-                    not _SHARED.search(args[args.index("-j") + 1]):
+    done: list[str] = []
+    for _ in range(3):
+        found = False
+        for table in ("nat", "filter"):
+            out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True,
+                                 check=False).stdout
+            chains = []
+            for ln in out.splitlines():
+                if not ln.startswith("-A ") or prefix not in ln:
+                    continue
+                found = True
+                args = shlex.split(ln)[1:]
+                subprocess.run(["iptables", "-w", "-t", table, "-D", *args], capture_output=True, check=False)
+                done.append(ln)
+                target = args[args.index("-j") + 1] if "-j" in args else ""
+                if target.startswith("CNI-") and not _SHARED.search(target):
+                    chains.append(target)
+            for ch in dict.fromkeys(chains):
                 for op in ("-F", "-X"):
-                    subprocess.run(["iptables", "-w", "-t", table, op, args[args.index("-j") + 1]],
-                                   capture_output=True, check=False)
+                    subprocess.run(["iptables", "-w", "-t", table, op, ch], capture_output=True, check=False)
+        if not found:
+            break
     return done
 
 
@@ -569,3 +577,39 @@ def test_through_the_daemon(net: Net) -> None:
         assert "1" in net.ok(*d, "network", "ls").splitlines()[1].split()[-1]
         net.ok(*d, "containers", "rm", "--force", "dweb")
     net.assert_clean()
+
+
+@needs_root
+def test_failed_attach_is_undone(net: Net, tmp_path: Path) -> None:
+    """A chain whose second plugin refuses ADD: the bridge plugin's veth, address, NAT rule and IPAM
+    reservation are undone (DEL), the namespace and the record go, and run fails with one line."""
+    bindir = tmp_path / "cni-bin"
+    bindir.mkdir()
+    refuse = bindir / "refuse"
+    refuse.write_text('#!/bin/sh\ncat >/dev/null\nif [ "$CNI_COMMAND" = ADD ]; then\n'
+                      '  echo \'{"cniVersion": "1.0.0", "code": 100, "msg": "refused by the test"}\'\n  exit 1\nfi\n')
+    refuse.chmod(0o755)
+    text = net.roots.config.read_text().replace(
+        '[plugins."pyctr.network.cni"]\n', f'[plugins."pyctr.network.cni"]\nbin_dirs = ["{bindir}", "{CNI_BIN}"]\n')
+    net.roots.config.write_text(text)
+    subnet = _free_subnet()
+    bridge = "pyctr-" + uuid.uuid4().hex[:8]
+    doc = bridge_conflist("failnet", bridge, subnet)
+    doc["plugins"] = [doc["plugins"][0], {"type": "refuse"}]
+    conf = tmp_path / "failnet.conflist"
+    conf.write_text(json.dumps(doc))
+    net.ok("network", "create", "failnet", "--config", str(conf))
+    msg = net.fails(6, "run", "--rm", "--name", "f1", "--net", "failnet", IMAGE, "true")
+    assert "refused by the test" in msg
+    assert net.ok("containers", "ls", "-q") == ""
+    assert os.path.exists(f"/sys/class/net/{bridge}")  # the bridge plugin did run
+    members = subprocess.run(["ip", "-o", "link", "show", "master", bridge], capture_output=True, text=True,
+                             check=False).stdout
+    assert members == ""
+    prefix = subnet.rsplit(".", 1)[0] + "."
+    assert [r for r in _rules() if prefix in r] == []
+    ipam = net.net_state / "ipam" / "failnet"
+    assert [p.name for p in ipam.iterdir() if p.name.startswith(prefix)] == [] if ipam.exists() else True
+    net.assert_clean()
+    net.ok("network", "rm", "failnet")
+    assert not os.path.exists(f"/sys/class/net/{bridge}")
