@@ -260,7 +260,6 @@ class _Item:
     runc_pid: int = 0
     killed: bool = False
     made: bool = False  # snapshot and record exist
-    submitted: bool = False
 
 
 class Batch:
@@ -417,7 +416,7 @@ class Batch:
     # -- one container, run to completion by runc itself -----------------------------------------------
 
     def _run_direct(self, it: _Item) -> _Item:
-        from .mount import mount_all, unmount_all_under
+        from .mount import mount_all, unmount
         from .snapshots import Mount
 
         assert it.template is not None
@@ -441,7 +440,8 @@ class Batch:
                 os.close(fd)
             os.mkdir(rootfs, 0o711)
             mounted = True
-            mount_all([Mount.from_dict(m) for m in it.mounts], rootfs)
+            mounts = [Mount.from_dict(m) for m in it.mounts]
+            mount_all(mounts, rootfs)
             argv = [self.rt.runc_path, "--root", self.rt.runc_root_for(self.ns), "--log", runc_log,
                     "--log-format", "json", "run", "--bundle", path, "--pid-file", it.pid_file, it.id]
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -484,14 +484,12 @@ class Batch:
         finally:
             if mounted:
                 try:
-                    unmount_all_under(rootfs, lazy=True)
+                    unmount(rootfs, lazy=True, retries=2)  # one umount2: no scan of the mount table
                 except Exception as e:
                     log.warning("batch: unmounting %s: %s", rootfs, e)
             if it.runc_pid and it.result is not None and it.result.status == "failed":
                 self._runc_delete(it.id)  # runc's own clean-up did not run (an error, a kill)
-            with contextlib.suppress(FileNotFoundError):
-                if not os.path.ismount(rootfs):
-                    shutil.rmtree(path)
+            _remove_bundle(path, rootfs)
         return it
 
     def _runc_delete(self, cid: str) -> None:
@@ -580,7 +578,7 @@ class Batch:
         work = self._run_shim if self.mode == "shim" else self._run_direct
         waiting: list[_Item] = []  # records made, not handed to a worker yet
         finished: list[_Item] = []  # finished, to remove (rm, or never started)
-        inflight = 0
+        live = 0  # made (or failed) and not reported yet
         next_i = 0
         total = len(self.items)
         emitted = 0
@@ -588,22 +586,23 @@ class Batch:
         last_tick = 0.0
 
         def submit(it: _Item) -> None:
-            it.submitted = True
             pool.submit(work, it).add_done_callback(lambda _f: done_q.put(it))
 
         try:
             while emitted < total:
-                # keep the workers fed: records a chunk at a time, a bounded distance ahead
-                while next_i < total and len(waiting) < self.parallel + _CHUNK // 2:
-                    chunk = self.items[next_i:next_i + _CHUNK]
+                # keep the pool's queue fed (workers never wait for the metadata), a bounded distance
+                # ahead: records a chunk at a time, the first chunk small to start at once
+                while next_i < total and live < self.parallel + _CHUNK:
+                    size = _CHUNK if next_i else min(_CHUNK, self.parallel)
+                    chunk = self.items[next_i:next_i + size]
                     next_i += len(chunk)
-                    waiting.extend(self._make_chunk(chunk))
+                    live += len(chunk)
+                    self._make_chunk(chunk)
                     for it in chunk:
-                        if not it.made:
+                        if it.made:
+                            submit(it)
+                        else:
                             done_q.put(it)  # failed already
-                while waiting and inflight < self.parallel:
-                    submit(waiting.pop(0))
-                    inflight += 1
                 try:
                     it = done_q.get(timeout=_TICK)
                 except queue.Empty:
@@ -615,8 +614,7 @@ class Batch:
                     while True:
                         batch.append(done_q.get_nowait())
                 for it in batch:
-                    if it.submitted:
-                        inflight -= 1
+                    live -= 1
                     if it.result is None:
                         it.result = BatchResult(it.id, it.index, error="no result", status="failed")
                     if it.result.status == "failed":
@@ -625,14 +623,13 @@ class Batch:
                         self.progress.exited += 1
                     if it.made and (self.rm or it.result.status == "failed"):
                         finished.append(it)
-                if len(finished) >= _CHUNK or (finished and emitted + len(batch) >= total) or (
-                        finished and not waiting and next_i >= total and inflight == 0):
-                    self._remove_chunk(finished)
-                    finished = []
                 for it in batch:
                     emitted += 1
                     assert it.result is not None
                     yield it.result
+                if len(finished) >= _CHUNK // 2 or (finished and emitted >= total):
+                    self._remove_chunk(finished)
+                    finished = []
                 now = time.monotonic()
                 if progress and now - last_tick >= _TICK:
                     last_tick = now
@@ -670,6 +667,26 @@ class Batch:
         finally:
             if restore is not None:
                 signal.signal(signal.SIGINT, restore)
+
+
+def _remove_bundle(path: str, rootfs: str) -> None:
+    """Remove a bundle this module wrote (known files first: cheaper than a tree walk)."""
+    for name in ("config.json", "log.json", "init.pid"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, name))
+    try:
+        os.rmdir(rootfs)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("batch: rootfs %s left in place: %s", rootfs, e)  # still mounted: never rm -rf it
+        return
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _waitpid(pid: int) -> tuple[int, int]:
@@ -733,6 +750,27 @@ def dicts(it: Iterator[BatchResult | BatchProgress]) -> Iterator[dict[str, Any]]
             close()
 
 
+def batch_results(client: Any, specs: Iterable[Any] | None = None, *, progress: bool = False,
+                  **kw: Any) -> Iterator[BatchResult | BatchProgress]:
+    """:meth:`pyctr.Client.batch_run`: the containers service's stream (embedded or from the daemon) as
+    :class:`BatchResult` (and, with ``progress``, :class:`BatchProgress`) objects."""
+    svc = client.plugin("service", "pyctr.containers.metadata")
+    wire = None if specs is None else [s.to_dict() if isinstance(s, BatchSpec) else dict(s) for s in specs]
+    stream = svc.batch_run(client.namespace, wire, progress=progress, **kw)
+
+    def gen() -> Iterator[BatchResult | BatchProgress]:
+        try:
+            for d in stream:
+                if isinstance(d, Mapping):
+                    yield from_wire(d)
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+    return gen()
+
+
 def batch_remove(svc: Any, ns: str, filters: Sequence[str], *, parallel: int = 8) -> Iterator[dict[str, Any]]:
     """Remove every container matching ``filters`` (e.g. ``labels."pyctr.batch.id"==b1234``): tasks
     killed and deleted, snapshots and records gone; yields ``{"id", "error"}`` per container."""
@@ -757,4 +795,4 @@ def batch_remove(svc: Any, ns: str, filters: Sequence[str], *, parallel: int = 8
 
 
 __all__ = ["LABEL_BATCH_ID", "Batch", "BatchProgress", "BatchResult", "BatchSpec", "batch_remove",
-           "batch_run", "entries_for", "from_wire", "new_batch_id"]
+           "batch_results", "batch_run", "dicts", "entries_for", "from_wire", "new_batch_id"]

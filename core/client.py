@@ -101,6 +101,16 @@ class Client:
 
         return gen()
 
+    def batch_run(self, specs: Iterable[Any] | None = None, **kw: Any) -> Iterator[Any]:
+        """Launch containers in bulk (see :mod:`pyctr.batch`): ``specs`` (:class:`~pyctr.batch.BatchSpec`
+        or dicts) or ``image=``, ``args=``, ``count=``; also ``parallel``, ``rm``, ``detach``,
+        ``group_size``, ``labels``, ``batch_id``.  Yields a :class:`~pyctr.batch.BatchResult` per container
+        as it finishes (and :class:`~pyctr.batch.BatchProgress` ticks with ``progress=True``); closing the
+        iterator early stops the batch and cleans up."""
+        from .batch import batch_results
+
+        return batch_results(self, specs, **kw)
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.close()
