@@ -5,6 +5,7 @@
     PyctrError                       (code "unknown", exit 1)
      +-- InvalidArgument(ValueError)  bad name, malformed reference, bad flag value   (exit 2)
      +-- NotFound(LookupError)        no such image, container, blob, snapshot, ...   (exit 3)
+     |    +-- CommandNotFound          a container's command does not exist            (exit 127)
      +-- AlreadyExists                a name or key in use                            (exit 4)
      +-- FailedPrecondition           the object is in the wrong state for the call   (exit 5)
      |    +-- Conflict                 two writers at once, a lock held elsewhere
@@ -46,6 +47,16 @@ class InvalidArgument(PyctrError, ValueError):
 class NotFound(PyctrError, LookupError):
     code = "not_found"
     exit_code = 3
+
+
+class CommandNotFound(NotFound):
+    """The process's command does not exist in the container (or is not executable).
+
+    The CLI exits 127 for it, as a shell does; the message is the OCI runtime's.
+    """
+
+    code = "command_not_found"
+    exit_code = 127
 
 
 class AlreadyExists(PyctrError):
@@ -98,6 +109,7 @@ _BY_CODE: dict[str, type[PyctrError]] = {
         PyctrError,
         InvalidArgument,
         NotFound,
+        CommandNotFound,
         AlreadyExists,
         FailedPrecondition,
         Conflict,
@@ -118,6 +130,7 @@ def from_code(code: str, message: str) -> PyctrError:
 
 __all__ = [
     "AlreadyExists",
+    "CommandNotFound",
     "Conflict",
     "DataLoss",
     "DeadlineExceeded",

@@ -167,8 +167,8 @@ def ensure_image(client: Client, ns: str, image: str) -> None:
     print(f"pulling {image} ...", file=sys.stderr)
     with images.temporary_lease(ns, "pull") as lease:
         res = dist.fetch(ns, image, lease_id=lease)
+        images.unpack_target(ns, res.target, lease=lease)  # before the record: a failed unpack leaves none
         images.create_or_update(ns, Image(name=res.name, target=res.target))
-        images.unpack(ns, res.name)
 
 
 # -- attaching to a task -----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from .errdefs import NotFound
+from .errdefs import CommandNotFound, NotFound
 
 
 class TaskStatus(enum.StrEnum):
@@ -41,16 +41,6 @@ EXIT_STATUS_SHIM_DIED = 255
 
 #: Exit status of a process whose command could not be found or executed (what a shell reports).
 EXIT_STATUS_NOT_FOUND = 127
-
-
-class CommandNotFound(NotFound):
-    """The process's command does not exist in the container (or is not executable).
-
-    The CLI exits 127 for it, as a shell does; the message is runc's.
-    """
-
-    code = "command_not_found"
-    exit_code = EXIT_STATUS_NOT_FOUND
 
 
 @dataclass(frozen=True)

@@ -112,12 +112,12 @@ def pull_image(
         res = dist.fetch(ns, ref, platforms=platforms or None, all_platforms=all_platforms,
                          plain_http=plain_http, user=user, progress=renderer, lease_id=lease)
         renderer.finish()
-        images.create_or_update(ns, Image(name=res.name, target=res.target))
         unpacked = ""
-        if not no_unpack:
+        if not no_unpack:  # unpack first: a failed unpack must leave no image record behind
             platform = platforms[0] if platforms else None
-            top = images.unpack(ns, res.name, snapshotter, platform)
+            top = images.unpack_target(ns, res.target, snapshotter, platform, lease=lease)
             unpacked = f"; unpacked ({top[:19]})" if top else "; unpacked"
+        images.create_or_update(ns, Image(name=res.name, target=res.target))
     seconds = time.monotonic() - t0
     extra = ""
     if res.bytes_resumed:
