@@ -18,6 +18,7 @@ services are called with by the CLI and by convenience methods here.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -42,6 +43,7 @@ class Client:
         self.address = address
         self._conn: Any = None
         self._engine: Engine | None = None
+        self._lock = threading.Lock()
         if address:
             from .rpc.client import Connection
 
@@ -65,9 +67,10 @@ class Client:
         """The core: an :class:`~pyctr.engine.Engine` in this process, or a proxy for the daemon's."""
         if self._conn is not None:
             return self._conn.root.engine
-        if self._engine is None:
-            self._engine = Engine(self.config)
-        return self._engine
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine(self.config)
+            return self._engine
 
     def plugin(self, type_: str, name: str | None = None) -> Any:
         """The plugin of ``type_`` (by short name when several are loaded, e.g. snapshotters)."""
