@@ -27,6 +27,7 @@ _NOUNS: list[tuple[str, str, str]] = [
     ("containers", "pyctr.cli.containers", "Manage containers."),
     ("tasks", "pyctr.cli.tasks", "Manage tasks (a container's running processes)."),
     ("network", "pyctr.cli.network", "Manage container networks (CNI): ls, create, inspect, rm."),
+    ("batch", "pyctr.cli.batch", "Launch and remove containers in bulk."),
 ]
 _TOP_LEVEL: list[str] = [
     "pyctr.cli.gc",
