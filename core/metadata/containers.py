@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errdefs import AlreadyExists, InvalidArgument, NotFound
 from .db import MetadataDB, now_ns, register_migrations
+from .namespaces import NamespaceStore
 
 register_migrations("containers", [
     """
@@ -144,9 +145,18 @@ def _dumps(v: Any) -> str:
 class ContainerStore:
     """CRUD over the ``containers`` table; every method takes the namespace explicitly."""
 
-    def __init__(self, db: MetadataDB) -> None:
+    def __init__(self, db: MetadataDB,
+                 publish: Callable[[str, str, dict[str, Any]], None] | None = None) -> None:
+        """``publish(ns, topic, payload)``, when given, is called after each commit with
+        ``/containers/create``, ``/containers/update`` or ``/containers/delete`` (containerd's payloads)."""
         self.db = db
+        self.publish = publish
         db.ensure_schema("containers")
+
+    def _event(self, tx: Any, ns: str, topic: str, payload: dict[str, Any]) -> None:
+        publish = self.publish
+        if publish is not None:
+            tx.on_commit(lambda: publish(ns, topic, payload))
 
     def create(self, ns: str, c: Container) -> Container:
         """Insert ``c``; :class:`AlreadyExists` if the id is taken in ``ns``."""
@@ -157,6 +167,7 @@ class ContainerStore:
         now = now_ns()
         out = replace(c, created_at=now, updated_at=now)
         with self.db.tx() as tx:
+            NamespaceStore(self.db).ensure(ns)
             if tx.execute("SELECT 1 FROM containers WHERE ns=? AND id=?", (ns, c.id)).fetchone():
                 raise AlreadyExists(f"container {c.id!r} already exists in namespace {ns!r}")
             tx.execute(
@@ -165,6 +176,8 @@ class ContainerStore:
                 (ns, out.id, out.image, out.snapshotter, out.snapshot_key, _dumps(out.runtime.to_dict()),
                  _dumps(out.spec), _dumps(out.labels), _dumps(out.extensions), now, now),
             )
+            self._event(tx, ns, "/containers/create",
+                        {"id": out.id, "image": out.image, "runtime": out.runtime.to_dict()})
         return out
 
     def get(self, ns: str, id_: str) -> Container:
@@ -229,6 +242,9 @@ class ContainerStore:
                 (cur.image, cur.snapshot_key, _dumps(cur.runtime.to_dict()), _dumps(cur.spec),
                  _dumps(cur.labels), _dumps(cur.extensions), cur.updated_at, ns, c.id),
             )
+            self._event(tx, ns, "/containers/update",
+                        {"id": cur.id, "image": cur.image, "labels": dict(cur.labels),
+                         "snapshot_key": cur.snapshot_key})
         return cur
 
     def set_labels(self, ns: str, id_: str, labels: Mapping[str, str]) -> Container:
@@ -241,6 +257,7 @@ class ContainerStore:
             cur = tx.execute("DELETE FROM containers WHERE ns=? AND id=?", (ns, id_))
             if cur.rowcount == 0:
                 raise NotFound(f"container {id_!r} not found in namespace {ns!r}")
+            self._event(tx, ns, "/containers/delete", {"id": id_})
         self.db.mutated("delete")
 
     def namespaces_in_use(self) -> builtins.list[str]:

@@ -64,7 +64,7 @@ class ContainerService:
     @property
     def store(self) -> ContainerStore:
         if self._store is None:
-            self._store = ContainerStore(self.md.db)
+            self._store = ContainerStore(self.md.db, publish=self.md.publish)
         return self._store
 
     @property
