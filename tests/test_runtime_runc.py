@@ -672,3 +672,25 @@ def test_zygote_leaves_with_its_state_directory(tmp_path: Path, rootfs: Path) ->
             assert not os.path.exists(rt.zygote_address)
         finally:
             moved.rename(state)
+
+
+def test_events_reach_the_exchange(rt: RuncRuntime, rootfs: Path) -> None:
+    """What pyctrd wires (pyctr_daemon_started): shim events forwarded to the event exchange."""
+    from pyctr.events.exchange import Exchange
+    from pyctr.plugins.runtime.runc.plugin import forwarder
+
+    ex = Exchange()
+    sub = ex.subscribe('topic~="/tasks/"')
+    rt.set_publisher(forwarder(ex))
+    t = rt.create(NS, "fw", busybox_spec(rootfs, ["sh", "-c", "exit 4"]), [], ProcessIO())
+    t.start()
+    t.wait(timeout=20)
+    t.delete()
+    got = []
+    while len(got) < 4:
+        env = sub.get(timeout=5)
+        assert env is not None, f"only {got} arrived"
+        got.append((env.topic, env.namespace, env.event.get("exit_status")))
+    assert got == [("/tasks/create", NS, None), ("/tasks/start", NS, None), ("/tasks/exit", NS, 4),
+                   ("/tasks/delete", NS, 4)]
+    rt.set_publisher(None)

@@ -320,7 +320,10 @@ class RuncRuntime:
                     self.client(str(rec.get("address", ""))).call(
                         "set_publish", {"ns": ns, "id": id, "address": self._event_address}, timeout=2.0)
             for ev in self.loaded:
-                publisher(ev)
+                try:
+                    publisher(ev)
+                except Exception:
+                    log.warning("publishing %s failed", ev.topic, exc_info=True)
             self.loaded = []
 
     def _start_event_listener(self) -> None:

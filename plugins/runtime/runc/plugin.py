@@ -27,6 +27,43 @@ def _init(ctx: InitContext) -> Any:
     )
 
 
+def forwarder(exchange: Any) -> Any:
+    """A runtime publisher that forwards shim events to ``exchange`` (namespace and time kept)."""
+    from pyctr.runtime import RuntimeEvent
+
+    def forward(ev: RuntimeEvent) -> None:
+        exchange.forward({"timestamp": int(ev.timestamp * 1e9), "namespace": ev.namespace,
+                          "topic": ev.topic, "event": dict(ev.event)})
+
+    return forward
+
+
+@hookimpl
+def pyctr_daemon_started(engine: Any) -> None:
+    """In ``pyctrd`` the shims' events (and the exits found at start-up) reach the event exchange.
+
+    Only the daemon listens: one-shot CLI processes would take the shims' event address from it.
+    """
+    from pyctr.errdefs import PyctrError
+
+    try:
+        rt = engine.registry.get_by_id("pyctr.runtime.runc")
+    except PyctrError:
+        return
+    rt.set_publisher(forwarder(engine.events))
+
+
+@hookimpl
+def pyctr_daemon_stopping(engine: Any) -> None:
+    from pyctr.errdefs import PyctrError
+
+    try:
+        rt = engine.registry.get_by_id("pyctr.runtime.runc")
+    except PyctrError:
+        return
+    rt.set_publisher(None)
+
+
 @hookimpl
 def pyctr_plugin_registrations() -> list[Registration]:
     return [
