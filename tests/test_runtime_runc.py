@@ -694,3 +694,17 @@ def test_events_reach_the_exchange(rt: RuncRuntime, rootfs: Path) -> None:
     assert got == [("/tasks/create", NS, None), ("/tasks/start", NS, None), ("/tasks/exit", NS, 4),
                    ("/tasks/delete", NS, 4)]
     rt.set_publisher(None)
+
+
+def test_shim_forgets_stopped_tasks_whose_bundle_is_gone(tmp_path: Path, rootfs: Path) -> None:
+    need_runc()
+    import shutil as sh
+
+    with runtime(tmp_path / "state", shim_sweep=0.3) as rt:
+        t = rt.create(NS, "gone", busybox_spec(rootfs, ["true"]), [], ProcessIO())
+        t.start()
+        t.wait(timeout=20)
+        shim = t.state().shim_pid
+        rt._remove_runc_state(NS, "gone")
+        sh.rmtree(rt.bundle(NS, "gone").path)  # the state directory was wiped under a stopped task
+        assert wait_gone(shim, timeout=5), "the shim kept a task nobody can delete"

@@ -105,7 +105,7 @@ class RuncRuntime:
     def __init__(self, state: Path, *, runc_binary: str = "runc", runc_root: str = "",
                  cgroup_parent: str = "/pyctr", shim_debug: bool = False, zygote: bool = True,
                  zygote_idle: float = 120.0, stdio_copy: bool = False, default_group: str = "",
-                 load: bool = True) -> None:
+                 shim_sweep: float = 10.0, load: bool = True) -> None:
         self.state = Path(state)
         self.runc_binary = runc_binary
         self.runc_root = Path(runc_root) if runc_root else self.state / "runc"
@@ -114,6 +114,7 @@ class RuncRuntime:
         self.zygote = zygote
         self.stdio_copy = stdio_copy
         self.default_group = default_group
+        self.shim_sweep = shim_sweep
         self.zygote_idle = zygote_idle
         self._children: list[subprocess.Popen[bytes]] = []
         resolved = shutil.which(runc_binary)
@@ -256,7 +257,7 @@ class RuncRuntime:
             logs.mkdir(exist_ok=True, mode=0o700)
             log_path = logs / (Path(address).stem + ".log")
             cfg = {"address": address, "group": group, "ns": ns, "debug": self.shim_debug,
-                   "log": str(log_path)}
+                   "log": str(log_path), "sweep": self.shim_sweep}
             if self.zygote:
                 try:
                     ShimClient(self.zygote_address, timeout=5.0).call(

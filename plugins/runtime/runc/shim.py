@@ -40,6 +40,7 @@ _MAX_FRAME = 16 << 20
 _MAX_FDS = 16
 _DRAIN_TIMEOUT = 2.0  # seconds to finish copying output after a process exits
 _IDLE_EXIT = 10.0  # a shim that never got a container exits after this long
+_SWEEP_EVERY = 10.0  # seconds between looks for stopped tasks whose bundle was removed
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
 
@@ -194,6 +195,8 @@ class Shim:
         self.runc_waits: dict[int, tuple[Generator[int, int, Any], Conn, Any, list[int], str]] = {}
         self.creating: set[tuple[str, str]] = set()
         self.had_container = False
+        self.sweep_every = float(cfg.get("sweep", _SWEEP_EVERY))
+        self.next_sweep = time.monotonic() + self.sweep_every
         self.started = time.monotonic()
         self.exiting = False
         self.draining: set[Proc] = set()
@@ -244,6 +247,20 @@ class Shim:
         for pid in done:
             self._pump_done(pid)
         self._check_drains()
+        now = time.monotonic()
+        if now >= self.next_sweep:
+            self.next_sweep = now + self.sweep_every
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Forget stopped tasks whose bundle is gone (their state directory was wiped): nobody can
+        delete them any more, and they would keep this shim alive forever."""
+        for key, c in list(self.containers.items()):
+            p = c.init
+            if p.status == "stopped" and p.final and not c.execs and not os.path.isdir(c.bundle):
+                _log(f"forgetting {c.ns}/{c.id}: its bundle is gone")
+                self._forget(p)
+                del self.containers[key]
 
     def _timeout(self) -> float:
         t = 1.0
