@@ -83,8 +83,10 @@ register_migrations("network", [
 ])
 
 CNI_VERSION = "1.0.0"
-#: CNI calls per ADD or DEL (a failed ADD is undone before the next attempt).
+#: CNI calls per ADD or DEL when a plugin fails for a passing reason (a failed ADD is undone before the
+#: next attempt): iptables on nf_tables answers EBUSY when other processes change rules at the same time.
 RETRIES = 3
+_TRANSIENT = re.compile(r"busy|exit status 4|temporarily unavailable|xtables lock|try again", re.IGNORECASE)
 IFNAME = "eth0"
 #: An attachment still "attaching" this long after it began belongs to a process that died.
 STALE_ATTACHING_NS = 600 * 1_000_000_000
@@ -477,7 +479,7 @@ class NetworkManager:
         except BaseException:
             if made_ns:
                 with contextlib.suppress(Exception):
-                    self.cni.delete(conf, rt)
+                    self._del(conf, rt)
             with contextlib.suppress(Exception):
                 netns.remove(path)
             shutil.rmtree(self.files_dir(ns, id), ignore_errors=True)
@@ -487,19 +489,31 @@ class NetworkManager:
         return self._spec_with(spec, att)
 
     def _add(self, conf: ConfList, rt: Runtime) -> dict[str, Any]:
-        """CNI ADD; a failure is undone (DEL) and tried again: iptables on nf_tables answers EBUSY now and
-        then when other processes change rules at the same moment."""
+        """CNI ADD; a failure is undone (DEL), and tried again when it looks passing (:data:`_TRANSIENT`)."""
         for attempt in range(RETRIES):
             try:
                 return self.cni.add(conf, rt)
             except CNIError as e:
                 with contextlib.suppress(PyctrError):
-                    self.cni.delete(conf, rt)
-                if attempt + 1 == RETRIES:
+                    self._del(conf, rt)
+                if attempt + 1 == RETRIES or not _TRANSIENT.search(str(e)):
                     raise
                 log.info("CNI ADD of %s failed (%s); trying again", rt.container_id, e)
                 time.sleep(0.2 * (attempt + 1))
         raise AssertionError("unreachable")
+
+    def _del(self, conf: ConfList, rt: Runtime, prev_result: Mapping[str, Any] | None = None,
+             skip: Sequence[str] = ()) -> None:
+        """CNI DEL, tried again when it fails for a passing reason."""
+        for attempt in range(RETRIES):
+            try:
+                self.cni.delete(conf, rt, prev_result, skip_types=skip)
+                return
+            except CNIError as e:
+                if attempt + 1 == RETRIES or not _TRANSIENT.search(str(e)):
+                    raise
+                log.info("CNI DEL of %s failed (%s); trying again", rt.container_id, e)
+                time.sleep(0.2 * (attempt + 1))
 
     def _runtime(self, att: Attachment, netns_path: str | None = None) -> Runtime:
         caps: dict[str, Any] = {}
@@ -527,16 +541,7 @@ class NetworkManager:
         # portmap's ADD without mappings changes nothing, but its DEL runs a dozen iptables commands:
         # skip it for a container that published no port (state "attached": the ADD got that far).
         skip = ("portmap",) if not att.ports and att.state == "attached" else ()
-        rt = self._runtime(att, path if alive else "")
-        for attempt in range(RETRIES):
-            try:
-                self.cni.delete(conf, rt, result, skip_types=skip)
-                break
-            except CNIError as e:
-                if attempt + 1 == RETRIES:
-                    raise
-                log.info("CNI DEL of %s/%s failed (%s); trying again", ns, id, e)
-                time.sleep(0.2 * (attempt + 1))
+        self._del(conf, self._runtime(att, path if alive else ""), result, skip)
         if not alive:
             # Without the namespace the bridge plugin cannot learn the address whose NAT rules it made
             # (it reads them from the container's interface): remove the rules tagged with the container.
