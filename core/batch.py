@@ -43,7 +43,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -579,7 +579,6 @@ class Batch:
         done_q: queue.Queue[_Item] = queue.Queue()
         pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="pyctr-batch")
         work = self._run_shim if self.mode == "shim" else self._run_direct
-        waiting: list[_Item] = []  # records made, not handed to a worker yet
         finished: list[_Item] = []  # finished, to remove (rm, or never started)
         live = 0  # made (or failed) and not reported yet
         next_i = 0
@@ -754,14 +753,14 @@ def dicts(it: Iterator[BatchResult | BatchProgress]) -> Iterator[dict[str, Any]]
 
 
 def batch_results(client: Any, specs: Iterable[Any] | None = None, *, progress: bool = False,
-                  **kw: Any) -> Iterator[BatchResult | BatchProgress]:
+                  **kw: Any) -> Generator[BatchResult | BatchProgress, None, None]:
     """:meth:`pyctr.Client.batch_run`: the containers service's stream (embedded or from the daemon) as
     :class:`BatchResult` (and, with ``progress``, :class:`BatchProgress`) objects."""
     svc = client.plugin("service", "pyctr.containers.metadata")
     wire = None if specs is None else [s.to_dict() if isinstance(s, BatchSpec) else dict(s) for s in specs]
     stream = svc.batch_run(client.namespace, wire, progress=progress, **kw)
 
-    def gen() -> Iterator[BatchResult | BatchProgress]:
+    def gen() -> Generator[BatchResult | BatchProgress, None, None]:
         try:
             for d in stream:
                 if isinstance(d, Mapping):

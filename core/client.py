@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any
 
 from . import config as _config
@@ -104,7 +104,7 @@ class Client:
 
         return gen()
 
-    def batch_run(self, specs: Iterable[Any] | None = None, **kw: Any) -> Iterator[Any]:
+    def batch_run(self, specs: Iterable[Any] | None = None, **kw: Any) -> Generator[Any, None, None]:
         """Launch containers in bulk (see :mod:`pyctr.batch`): ``specs`` (:class:`~pyctr.batch.BatchSpec`
         or dicts) or ``image=``, ``args=``, ``count=``; also ``parallel``, ``rm``, ``detach``,
         ``group_size``, ``labels``, ``batch_id``.  Yields a :class:`~pyctr.batch.BatchResult` per container
