@@ -479,6 +479,8 @@ def test_named_network_lifecycle(net: Net) -> None:
     subnet = _free_subnet()
     assert net.ok("network", "create", "appnet", "--subnet", subnet).strip() == "appnet"
     assert "already exists" in net.fails(4, "network", "create", "appnet", "--subnet", subnet)
+    assert "not a bridge" in net.fails(2, "network", "create", "other", "--bridge", "lo")
+    assert "belongs to network 'bridge'" in net.fails(5, "network", "create", "other", "--bridge", net.bridge)
     info = json.loads(net.ok("network", "inspect", "appnet"))[0]
     bridge = info["bridge"]
     assert info["subnets"] == [subnet] and bridge.startswith("pyctr-") and len(bridge) <= 15

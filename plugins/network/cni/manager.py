@@ -336,6 +336,11 @@ class NetworkManager:
             if bridge and (len(bridge) > 15 or "/" in bridge):
                 raise InvalidArgument(f"invalid --bridge {bridge!r}: 1 to 15 characters, no '/'")
             bridge = bridge or "pyctr-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+            if _link_exists(bridge) and not os.path.isdir(f"/sys/class/net/{bridge}/bridge"):
+                raise InvalidArgument(f"--bridge {bridge}: a link of that name exists and is not a bridge")
+            users = [n for n, c in self.networks().items() if conf_bridge(c) == bridge]
+            if users:
+                raise FailedPrecondition(f"bridge {bridge} already belongs to network {users[0]!r}")
             doc = bridge_conflist(name, bridge, subnet, gateway)
         path = self.conf_dir / f"{name}.conflist"
         conf = parse_conflist(doc, str(path))
