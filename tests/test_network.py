@@ -615,3 +615,28 @@ def test_failed_attach_is_undone(net: Net, tmp_path: Path) -> None:
     net.assert_clean()
     net.ok("network", "rm", "failnet")
     assert not os.path.exists(f"/sys/class/net/{bridge}")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_netns_create_and_remove(tmp_path: Path) -> None:
+    from pyctr.errdefs import AlreadyExists
+    from pyctr.plugins.network.cni import netns
+
+    path = str(tmp_path / "ns" / "one")
+    host_ns = os.stat("/proc/self/ns/net").st_ino
+    netns.create(path)
+    try:
+        assert netns.exists(path)
+        assert os.stat(path).st_ino != host_ns
+        out = subprocess.run(["nsenter", f"--net={path}", "ip", "-o", "link"], capture_output=True, text=True,
+                             check=True).stdout
+        assert [ln.split(":")[1].strip() for ln in out.splitlines()] == ["lo"] and "UP" in out
+        with pytest.raises(AlreadyExists):
+            netns.create(path)
+        # this process (and its threads) stayed in the host's namespace
+        assert os.stat("/proc/self/ns/net").st_ino == host_ns
+    finally:
+        netns.remove(path)
+    assert not netns.exists(path) and not os.path.exists(path)
+    netns.remove(path)  # nothing there: not an error
