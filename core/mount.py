@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import shlex
@@ -134,7 +133,7 @@ _libc: Any = None
 def _lib() -> Any:
     global _libc
     if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        lib = ctypes.CDLL(None, use_errno=True)  # libc is already loaded; find_library would run ldconfig
         cp = ctypes.c_char_p
         lib.mount.argtypes = [cp, cp, cp, ctypes.c_ulong, cp]
         lib.mount.restype = ctypes.c_int

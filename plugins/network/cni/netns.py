@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -34,7 +33,7 @@ _libc: Any = None
 def _lib() -> Any:
     global _libc
     if _libc is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        lib = ctypes.CDLL(None, use_errno=True)  # libc is already loaded; find_library would run ldconfig
         lib.unshare.argtypes = [ctypes.c_int]
         lib.unshare.restype = ctypes.c_int
         cp = ctypes.c_char_p
