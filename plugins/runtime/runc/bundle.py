@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from pyctr.errdefs import PyctrError
 
 
 def write_json(path: Path, data: Any, sync: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # A name per writer: two processes settling the same task must not share (and steal) a temp file.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, json.dumps(data).encode())

@@ -58,7 +58,7 @@ def _log(msg: str) -> None:
 
 
 def write_atomic(path: str, data: bytes, sync: bool = True) -> None:
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)
