@@ -43,7 +43,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -742,7 +742,8 @@ def batch_run(svc: Any, ns: str, specs: Iterable[BatchSpec | Mapping[str, Any]] 
 
 
 def dicts(it: Iterator[BatchResult | BatchProgress]) -> Iterator[dict[str, Any]]:
-    """``it`` as wire dicts; closing this closes ``it`` (the batch cleans up at once)."""
+    """``it`` as wire dicts; closing this closes ``it`` (the batch cleans up at once).  Progress ticks
+    (every quarter second at least) also let the daemon notice a client that went away."""
     try:
         for r in it:
             yield r.to_dict()
@@ -752,25 +753,46 @@ def dicts(it: Iterator[BatchResult | BatchProgress]) -> Iterator[dict[str, Any]]
             close()
 
 
+class BatchStream(Iterator["BatchResult | BatchProgress"]):
+    """What :meth:`pyctr.Client.batch_run` returns: the batch's results (and progress ticks when asked)
+    as they come; :meth:`close` stops the batch, even before the first item was read."""
+
+    def __init__(self, stream: Any, progress: bool) -> None:
+        self._stream = stream
+        self._it = iter(stream)
+        self._progress = progress
+        # a daemon's stream arrives as a generator that only takes a close() (which cancels the batch)
+        # once it has started: take the first item (a progress tick comes within a quarter second)
+        self._first: list[Any] = []
+        with contextlib.suppress(StopIteration):
+            self._first.append(next(self._it))
+
+    def __next__(self) -> BatchResult | BatchProgress:
+        while True:
+            d = self._first.pop() if self._first else next(self._it)
+            if isinstance(d, Mapping) and (self._progress or d.get("kind") != "progress"):
+                return from_wire(d)
+
+    def close(self) -> None:
+        for obj in (self._it, self._stream):
+            close = getattr(obj, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def batch_results(client: Any, specs: Iterable[Any] | None = None, *, progress: bool = False,
-                  **kw: Any) -> Generator[BatchResult | BatchProgress, None, None]:
+                  **kw: Any) -> BatchStream:
     """:meth:`pyctr.Client.batch_run`: the containers service's stream (embedded or from the daemon) as
     :class:`BatchResult` (and, with ``progress``, :class:`BatchProgress`) objects."""
     svc = client.plugin("service", "pyctr.containers.metadata")
     wire = None if specs is None else [s.to_dict() if isinstance(s, BatchSpec) else dict(s) for s in specs]
-    stream = svc.batch_run(client.namespace, wire, progress=progress, **kw)
-
-    def gen() -> Generator[BatchResult | BatchProgress, None, None]:
-        try:
-            for d in stream:
-                if isinstance(d, Mapping):
-                    yield from_wire(d)
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-
-    return gen()
+    return BatchStream(svc.batch_run(client.namespace, wire, **kw), progress)
 
 
 def batch_remove(svc: Any, ns: str, filters: Sequence[str], *, parallel: int = 8) -> Iterator[dict[str, Any]]:
@@ -796,5 +818,5 @@ def batch_remove(svc: Any, ns: str, filters: Sequence[str], *, parallel: int = 8
     return iter(results)
 
 
-__all__ = ["LABEL_BATCH_ID", "Batch", "BatchProgress", "BatchResult", "BatchSpec", "batch_remove",
+__all__ = ["LABEL_BATCH_ID", "Batch", "BatchProgress", "BatchResult", "BatchSpec", "BatchStream", "batch_remove",
            "batch_results", "batch_run", "dicts", "entries_for", "from_wire", "new_batch_id"]

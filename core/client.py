@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import config as _config
@@ -104,12 +104,12 @@ class Client:
 
         return gen()
 
-    def batch_run(self, specs: Iterable[Any] | None = None, **kw: Any) -> Generator[Any, None, None]:
+    def batch_run(self, specs: Iterable[Any] | None = None, **kw: Any) -> Any:
         """Launch containers in bulk (see :mod:`pyctr.batch`): ``specs`` (:class:`~pyctr.batch.BatchSpec`
         or dicts) or ``image=``, ``args=``, ``count=``; also ``parallel``, ``rm``, ``detach``,
         ``group_size``, ``labels``, ``batch_id``.  Yields a :class:`~pyctr.batch.BatchResult` per container
         as it finishes (and :class:`~pyctr.batch.BatchProgress` ticks with ``progress=True``); closing the
-        iterator early stops the batch and cleans up."""
+        iterator (:class:`~pyctr.batch.BatchStream`) early stops the batch and cleans up."""
         from .batch import batch_results
 
         return batch_results(self, specs, **kw)

@@ -137,9 +137,10 @@ def run(
     results: list[BatchResult] = []
     last: BatchProgress | None = None
     t0 = time.monotonic()
-    stream = client.batch_run(entries, parallel=parallel, rm=rm, detach=detach, group_size=group_size,
-                              batch_id=bid, labels=_parse_labels(label), mode=mode, progress=True)
+    stream = None
     try:
+        stream = client.batch_run(entries, parallel=parallel, rm=rm, detach=detach, group_size=group_size,
+                                  batch_id=bid, labels=_parse_labels(label), mode=mode, progress=True)
         for r in stream:
             if isinstance(r, BatchProgress):
                 last = r
@@ -159,13 +160,19 @@ def run(
             if last is not None:
                 bar.show(last)
     except KeyboardInterrupt:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the clean-up below must finish
         bar.clear()
-        print(f"pyctr: batch {bid} interrupted: stopping (what was started is "
-              f"{'removed' if rm else 'killed'})", file=sys.stderr)
-        stream.close()
-        raise
+        if stream is not None:
+            stream.close()
+        what = "removed" if rm else "left running" if detach else "killed"
+        print(f"pyctr: batch {bid} interrupted after {len(results)} results: stopped, what it started was {what}",
+              file=sys.stderr)
+        raise typer.Exit(130) from None
     finally:
-        stream.close()
+        if stream is not None:
+            stream.close()
     bar.clear()
     dt = time.monotonic() - t0
     failed = sum(1 for r in results if r.error)

@@ -369,6 +369,7 @@ class ContainerService:
         """Launch containers in bulk (:func:`pyctr.batch.batch_run`): result and progress dicts, streamed."""
         from pyctr.batch import batch_run, dicts
 
+        kw["progress"] = True  # the ticks keep a daemon's stream checking that its client is still there
         return dicts(batch_run(self, ns, specs, **kw))
 
     def batch_remove(self, ns: str, filters: builtins.list[str], parallel: int = 8) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,253 @@
+"""``pyctr batch``: many containers at once, with real runc, overlayfs and cgroups; nothing may be left.
+
+Each test has its own root, state, runc root and cgroup parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Roots, child_env, pyctr_executable
+from daemon_helpers import running_daemon
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
+    pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static"),
+]
+
+IMAGE = "localhost/busybox:latest"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass
+class Env:
+    roots: Roots
+    cgroup_parent: str
+
+    def cmd(self, *args: str) -> list[str]:
+        return [pyctr_executable(), *self.roots.args(), *args]
+
+    def run(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cmd(*args), input=input, capture_output=True, text=True, env=child_env(),
+                              timeout=timeout)
+
+    def ok(self, *args: str, input: str | None = None) -> str:
+        p = self.run(*args, input=input)
+        assert p.returncode == 0, f"pyctr {' '.join(args)} exited {p.returncode}: {p.stderr}"
+        return p.stdout
+
+    @property
+    def runtime_state(self) -> Path:
+        return self.roots.state / "pyctr.runtime.runc"
+
+    def mounts_under(self) -> list[str]:
+        here = (str(self.roots.root), str(self.roots.state))
+        with open("/proc/self/mounts") as f:
+            return [ln.split()[1] for ln in f if ln.split()[1].startswith(here)]
+
+    def cgroups_left(self) -> list[Path]:
+        """Container cgroups (``<parent>/default/<id>``) in any hierarchy."""
+        out = []
+        for ctrl in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()]:
+            base = ctrl / self.cgroup_parent.strip("/") / "default"
+            if base.is_dir():
+                out.extend(p for p in base.rglob("*") if p.is_dir())
+        return out
+
+    def bundles_left(self) -> list[str]:
+        d = self.runtime_state / "default"
+        return sorted(os.listdir(d)) if d.is_dir() else []
+
+    def runc_states_left(self) -> list[str]:
+        d = self.runtime_state / "runc" / "default"
+        return sorted(os.listdir(d)) if d.is_dir() else []
+
+    def shim_pids(self, *, with_zygote: bool = False, exclude: tuple[int, ...] = ()) -> list[int]:
+        from pyctr.plugins.runtime.runc.manager import RuncRuntime, _ping
+
+        rt = RuncRuntime(self.runtime_state, load=False)
+        needles = [str(rt.sock_dir).encode().hex().encode(), str(self.roots.state).encode()]
+        zygote = int((_ping(rt.zygote_address) or {}).get("zygote_pid") or 0)
+        pids = []
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit() or int(d.name) == os.getpid() or int(d.name) in exclude:
+                continue
+            try:
+                cmdline = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(n in cmdline for n in needles) and (with_zygote or int(d.name) != zygote):
+                pids.append(int(d.name))
+        return pids
+
+    def assert_nothing_left(self, daemon: int = 0) -> None:
+        assert self.ok("containers", "ls", "-q").split() == [], "container records left"
+        assert self.mounts_under() == [], "mounts left"
+        assert self.bundles_left() == [], "bundles left"
+        assert self.runc_states_left() == [], "runc state left"
+        assert self.cgroups_left() == [], "cgroups left"
+        deadline = time.monotonic() + 5
+        while self.shim_pids(exclude=(daemon,)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.shim_pids(exclude=(daemon,)) == [], "shim processes left"
+        active = [ln for ln in self.ok("snapshots", "ls").splitlines()[1:] if "Committed" not in ln]
+        assert active == [], f"snapshots left: {active}"
+
+
+@pytest.fixture
+def env(tmp_root: Roots) -> Iterator[Env]:
+    parent = f"/pyctr-test-{uuid.uuid4().hex[:10]}"
+    tmp_root.config.write_text(f'[plugins."pyctr.runtime.runc"]\ncgroup_parent = "{parent}"\n')
+    e = Env(tmp_root, parent)
+    try:
+        e.ok("images", "build-busybox")
+        yield e
+    finally:
+        with contextlib.suppress(Exception):
+            e.run("batch", "rm", "--label", "pyctr.batch.id")
+        with contextlib.suppress(Exception):
+            from pyctr.plugins.runtime.runc.manager import RuncRuntime
+
+            RuncRuntime(e.runtime_state, load=False).stop_zygote()
+        for pid in e.shim_pids(with_zygote=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for m in sorted(e.mounts_under(), reverse=True):
+            subprocess.run(["umount", "-l", m], check=False)
+        for ctrl in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()]:
+            base = ctrl / parent.strip("/")
+            if base.is_dir():
+                for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(d)
+                with contextlib.suppress(OSError):
+                    os.rmdir(base)
+
+
+def _lines(out: str) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in out.splitlines() if ln.strip()]
+
+
+def test_batch_rm_runs_all_and_leaves_nothing(env: Env) -> None:
+    p = env.run("batch", "run", "--count", "20", "--parallel", "8", "--rm", "--format", "json", IMAGE, "true")
+    assert p.returncode == 0, p.stderr
+    res = _lines(p.stdout)
+    assert len(res) == 20
+    assert {r["exit_status"] for r in res} == {0}
+    assert all(r["pid"] > 0 and r["started_at"] > 0 and r["duration"] > 0 and not r["error"] for r in res)
+    assert len({r["id"] for r in res}) == 20
+    assert "20 exited" in p.stderr.splitlines()[-1]
+    env.assert_nothing_left()
+
+
+def test_one_bad_command_fails_alone(env: Env) -> None:
+    spec = "\n".join(json.dumps(d) for d in [
+        {"args": ["true"]}, {"args": ["/no/such/cmd"], "id": "bad"}, {"args": ["sh", "-c", "exit 3"], "id": "three"},
+        {"args": ["true"]}]) + "\n"
+    p = env.run("batch", "run", "--rm", "--format", "json", "--spec", "-", IMAGE, input=spec)
+    assert p.returncode == 1, p.stderr  # one entry failed
+    res = {r["id"]: r for r in _lines(p.stdout)}
+    assert len(res) == 4
+    assert res["bad"]["exit_status"] == 127 and "/no/such/cmd" in res["bad"]["error"]
+    assert res["three"]["exit_status"] == 3 and not res["three"]["error"]
+    assert sorted(r["exit_status"] for r in res.values()) == [0, 0, 3, 127]
+    env.assert_nothing_left()
+
+
+def test_spec_entries_env_args_labels_then_rm_by_label(env: Env, tmp_path: Path) -> None:
+    spec = tmp_path / "batch.jsonl"
+    spec.write_text("".join(json.dumps(d) + "\n" for d in [
+        {"id": "e1", "env": ["CODE=4"], "args": ["sh", "-c", "exit $CODE"], "labels": {"role": "a"}},
+        {"id": "e2", "env": {"CODE": "5"}, "args": ["sh", "-c", "exit $CODE"], "labels": {"role": "b"}},
+        {"id": "e3", "args": ["sh", "-c", "test -w /tmp && exit 6"], "resources": {"memory": "64m"}},
+    ]))
+    p = env.run("batch", "run", "--format", "json", "--spec", str(spec), "--label", "team=x", IMAGE)
+    assert p.returncode == 0, p.stderr
+    res = {r["id"]: r["exit_status"] for r in _lines(p.stdout)}
+    assert res == {"e1": 4, "e2": 5, "e3": 6}
+    # without --rm the containers stay (their tasks are gone), labelled
+    infos = {c["id"]: c for c in json.loads(env.ok("containers", "ls", "-o", "json"))}
+    assert set(infos) == {"e1", "e2", "e3"}
+    assert infos["e1"]["labels"]["role"] == "a" and infos["e2"]["labels"]["team"] == "x"
+    assert infos["e3"]["spec"]["linux"]["resources"]["memory"]["limit"] == 64 << 20
+    assert env.mounts_under() == [] and env.bundles_left() == []
+    p = env.run("batch", "rm", "--label", "team=x")
+    assert p.returncode == 0, p.stderr
+    assert sorted(p.stdout.split()) == ["e1", "e2", "e3"]
+    env.assert_nothing_left()
+
+
+def test_detach_in_shared_shims_then_rm_by_label(env: Env) -> None:
+    p = env.run("batch", "run", "--count", "6", "--detach", "--group-size", "3", "--label", "farm=1",
+                "--name", "det", IMAGE, "sleep", "600")
+    assert p.returncode == 0, p.stderr
+    ids = p.stdout.split()
+    assert sorted(ids) == [f"det-{i}" for i in range(6)]
+    listed = env.ok("tasks", "ls").splitlines()[1:]
+    assert len(listed) == 6 and all("RUNNING" in ln for ln in listed)
+    assert len(env.shim_pids()) == 2  # two groups of three
+    p = env.run("batch", "rm", "--label", "farm=1")
+    assert p.returncode == 0, p.stderr
+    env.assert_nothing_left()
+
+
+def test_sigint_stops_the_batch_and_leaves_nothing(env: Env) -> None:
+    proc = subprocess.Popen(env.cmd("batch", "run", "--count", "200", "--parallel", "4", "--rm", "--format",
+                                    "json", IMAGE, "sleep", "30"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        deadline = time.monotonic() + 20
+        while len(env.runc_states_left()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(env.runc_states_left()) >= 4, "the batch did not start its containers"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert len(_lines(out)) < 200
+    env.assert_nothing_left()
+
+
+def test_through_the_daemon(env: Env) -> None:
+    from pyctr import Client
+    from pyctr.batch import BatchProgress, BatchResult
+
+    with running_daemon(env.roots) as (proc, sock):
+        # the CLI finds the daemon's socket in the state directory and streams through it
+        p = env.run("batch", "run", "--count", "10", "--rm", "--format", "json", IMAGE, "true")
+        assert p.returncode == 0, p.stderr
+        assert [r["exit_status"] for r in _lines(p.stdout)] == [0] * 10
+        with Client(address=sock) as c:
+            got = list(c.batch_run(image=IMAGE, args=["sh", "-c", "exit 2"], count=3, rm=True, progress=True))
+            results = [r for r in got if isinstance(r, BatchResult)]
+            assert [r.exit_status for r in results] == [2, 2, 2]
+            assert isinstance(got[-1], BatchProgress) and got[-1].exited == 3
+            # closing the stream early stops the batch in the daemon and removes what it made
+            it = c.batch_run(image=IMAGE, args=["sleep", "30"], count=50, parallel=4, rm=True)
+            deadline = time.monotonic() + 20
+            while len(env.runc_states_left()) < 4 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            it.close()
+            deadline = time.monotonic() + 20
+            while (env.ok("containers", "ls", "-q").split() or env.runc_states_left()) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.1)
+        env.assert_nothing_left(daemon=proc.pid)
