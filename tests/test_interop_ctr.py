@@ -85,6 +85,19 @@ def ctr(tmp_path: Path) -> Iterator[list[str]]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         _unmount_under(d)
+        _remove_cgroups(argv[-1])  # containerd leaves its namespace's cgroup directories behind
+
+
+def _remove_cgroups(name: str) -> None:
+    """Remove the cgroup tree ``/<name>`` in every hierarchy (v1 controllers, or the v2 root), leaves first."""
+    base = Path("/sys/fs/cgroup")
+    roots = [base / name] if (base / "cgroup.controllers").exists() else [c / name for c in base.iterdir()]
+    for top in roots:
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
 
 
 def test_pyctr_and_ctr_print_the_same(ctr: list[str], tmp_root: Roots, tmp_path: Path) -> None:
