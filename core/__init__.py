@@ -30,9 +30,6 @@ from .errdefs import (
 
 __version__ = "0.1.0"
 
-import logging as _logging
-
-_logging.getLogger("pyctr").addHandler(_logging.NullHandler())
 
 if TYPE_CHECKING:
     from .client import Client

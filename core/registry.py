@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from .config import Config
 
 log = logging.getLogger("pyctr.registry")
+# pyctr is a library too: its loggers stay silent unless the application configures logging.
+logging.getLogger("pyctr").addHandler(logging.NullHandler())
 
 ENTRY_POINT_GROUP = "pyctr.plugins"
 
