@@ -311,6 +311,68 @@ def memory(args: argparse.Namespace, pc: Pyctr, ctd: Containerd | None) -> dict[
     return out
 
 
+def scale(n: int, pc: Pyctr) -> dict[str, float]:
+    """N sleeping containers at once through pyctrd: launched (detached, shared shims), listed, scraped
+    for metrics and removed, while a thread times small calls (``version``) to the daemon."""
+    import threading
+
+    from pyctr import Client
+
+    daemon = pc.start_daemon()
+    lat: list[float] = []
+    stop = threading.Event()
+
+    def prober() -> None:
+        with Client(address=str(pc.state / "pyctr.sock")) as c:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                c.version()
+                lat.append(time.perf_counter() - t0)
+                time.sleep(0.02)
+
+    th = threading.Thread(target=prober, daemon=True)
+    th.start()
+    out: dict[str, float] = {}
+    try:
+        fds0 = len(os.listdir(f"/proc/{daemon}/fd"))
+        out["start_s"] = timed(lambda: ok(pc.cmd("batch", "run", "--count", str(n), "--detach", "--parallel", "8",
+                                                 "--label", "bench=scale", IMAGE, "sleep", "3600")))
+        tasks = json.loads(ok(pc.cmd("tasks", "ls", "-o", "json")))
+        out["running"] = sum(1 for t in tasks if t.get("status") == "running")
+        out["shims"] = len({t.get("shim_pid") for t in tasks})
+        out["ls_s"] = timed(lambda: ok(pc.cmd("containers", "ls", "-q")))
+        out["tasks_ls_s"] = timed(lambda: ok(pc.cmd("tasks", "ls", "-q")))
+        metrics = sh(pc.cmd("metrics"))
+        out["metrics_s"] = timed(lambda: sh(pc.cmd("metrics")))
+        out["metrics_ok"] = float(metrics.returncode == 0)
+        out["daemon_fds"] = len(os.listdir(f"/proc/{daemon}/fd")) - fds0
+        kinds: dict[str, int] = {}
+        for fd in os.listdir(f"/proc/{daemon}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{daemon}/fd/{fd}")
+                kind = target.split(":")[0] if ":" in target else "/".join(target.split("/")[:4])
+                kinds[kind] = kinds.get(kind, 0) + 1
+        print("daemon fds by kind:", sorted(kinds.items(), key=lambda kv: -kv[1])[:6], file=sys.stderr)
+        shims = [int(t["shim_pid"]) for t in tasks if t.get("shim_pid")]
+        out["shim_fds_max"] = max((len(os.listdir(f"/proc/{p}/fd")) for p in set(shims)), default=0)
+        out["remove_s"] = timed(lambda: ok(pc.cmd("batch", "rm", "-q", "--label", "bench=scale")))
+        out["left_containers"] = len(ok(pc.cmd("containers", "ls", "-q")).split())
+        out["left_mounts"] = sum(1 for ln in Path("/proc/mounts").read_text().splitlines()
+                                 if ln.split()[1].startswith(str(pc.root.parent)))
+        time.sleep(3)
+        out["left_shims"] = len(pc.shim_pids())
+    finally:
+        stop.set()
+        th.join()
+        pc.stop_daemon()
+    lat.sort()
+    out["calls"] = len(lat)
+    out["p50_ms"] = 1000 * lat[len(lat) // 2] if lat else 0.0
+    out["p99_ms"] = 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
+    out["max_ms"] = 1000 * lat[-1] if lat else 0.0
+    return out
+
+
 @contextlib.contextmanager
 def workdir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="pyctr-bench-batch-"))
@@ -350,11 +412,27 @@ def main() -> None:
     ap.add_argument("--mem-n", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-containerd", action="store_true")
+    ap.add_argument("--scale", type=int, default=0, help="only the scale run: N sleeping containers at once")
     ap.add_argument("--append", action="store_true", help="append the table to bench/RESULTS.md")
     args = ap.parse_args()
     with workdir() as work:
         pc = Pyctr(work)
         ok(pc.cmd("images", "build-busybox"))
+        if args.scale:
+            try:
+                res = scale(args.scale, pc)
+            finally:
+                pc.stop_daemon()
+                pc.stop_zygote()
+                cleanup_cgroups([pc.cgroup_parent])
+            text = f"Scale: {args.scale} sleeping containers through pyctrd: " + ", ".join(
+                f"{k} {v:.3g}" for k, v in res.items())
+            print(text)
+            if args.append:
+                cmd = "python bench/bench_batch.py " + " ".join(sys.argv[1:])
+                with open(HERE / "RESULTS.md", "a") as f:
+                    f.write(f"\n### Batch scale run ({time.strftime('%Y-%m-%d %H:%M')}): `{cmd}`\n\n{text}\n")
+            return
         ctd = None
         try:
             if not args.no_containerd and shutil.which("containerd"):
