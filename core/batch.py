@@ -237,14 +237,17 @@ class _Template:
         spec["linux"]["cgroupsPath"] = f"/{ns}/{_TOKEN}"
         self.record_json = json.dumps(spec, separators=(",", ":"), sort_keys=True)
         self.opts_json = json.dumps({EXT_RUN_OPTIONS: opts.to_dict()}, separators=(",", ":"), sort_keys=True)
-        self.hostname_len = 12
+
+    @staticmethod
+    def _fill(text: str, cid: str) -> str:
+        # the hostname is the id's first 12 characters, as generate_spec makes it
+        return text.replace(f'"hostname":"{_TOKEN}"', f'"hostname":"{cid[:12]}"').replace(_TOKEN, cid)
 
     def bundle_spec(self, cid: str) -> str:
-        return self.bundle_json.replace(_TOKEN, cid)
+        return self._fill(self.bundle_json, cid)
 
     def record_spec(self, cid: str) -> str:
-        # the hostname is the id's first 12 characters, as generate_spec makes it
-        return self.record_json.replace(f'"hostname":"{_TOKEN}"', f'"hostname":"{cid[:12]}"').replace(_TOKEN, cid)
+        return self._fill(self.record_json, cid)
 
 
 @dataclass
@@ -260,6 +263,7 @@ class _Item:
     runc_pid: int = 0
     killed: bool = False
     made: bool = False  # snapshot and record exist
+    task: Any = None  # shim mode: the task while it runs
 
 
 class Batch:
@@ -352,6 +356,14 @@ class Batch:
                 tx.execute("SAVEPOINT batch_entry")
                 try:
                     it.image = self._image(it.entry.image)
+                    labels = {**self.labels, **it.entry.labels}
+                    if it.image.stop_signal:
+                        labels.setdefault(LABEL_IMAGE_STOP_SIGNAL, it.image.stop_signal)
+                    from .metadata.containers import validate_labels
+
+                    validate_labels(labels)
+                    if tx.execute("SELECT 1 FROM containers WHERE ns=? AND id=?", (self.ns, it.id)).fetchone():
+                        raise PyctrError(f"container {it.id!r} already exists in namespace {self.ns!r}")
                     sn = it.image.sn
                     try:
                         mounts = sn.prepare(self.ns, it.id, it.image.top)
@@ -361,14 +373,6 @@ class Batch:
                         raise
                     it.mounts = [m.to_dict() for m in mounts]
                     t = it.template = self._template(it, mounts)
-                    labels = {**self.labels, **it.entry.labels}
-                    if it.image.stop_signal:
-                        labels.setdefault(LABEL_IMAGE_STOP_SIGNAL, it.image.stop_signal)
-                    from .metadata.containers import validate_labels
-
-                    validate_labels(labels)
-                    if tx.execute("SELECT 1 FROM containers WHERE ns=? AND id=?", (self.ns, it.id)).fetchone():
-                        raise PyctrError(f"container {it.id!r} already exists in namespace {self.ns!r}")
                     now = now_ns()
                     tx.execute(
                         "INSERT INTO containers(ns, id, image, snapshotter, snapshot_key, runtime, spec, labels, "
@@ -507,7 +511,18 @@ class Batch:
             cgroups.remove(str(self.rt.cgroup_path(self.ns, cid)))
 
     def _kill_running(self) -> None:
-        """SIGKILL the containers this batch runs in the foreground (runc then cleans up after them)."""
+        """SIGKILL the containers this batch runs in the foreground (runc then cleans up after them; in
+        shim mode the workers waiting for them then delete their tasks)."""
+        if self.mode == "shim":
+            if self.detach:
+                return  # workers do not wait for detached containers
+            with self._lock:
+                items = list(self._running.values())
+            for it in items:
+                with contextlib.suppress(Exception):
+                    it.killed = True
+                    it.task.kill(int(signal.SIGKILL))
+            return
         deadline = time.monotonic() + 10.0
         while time.monotonic() < deadline:
             with self._lock:
@@ -539,7 +554,7 @@ class Batch:
             log_dir = self.svc.root / self.ns / it.id
             log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             io = ProcessIO(json_log=str(log_dir / "log.json")) if self.detach else ProcessIO()
-            task = self.svc.create_task(self.ns, it.id, io, group=self._group(it))
+            task = it.task = self.svc.create_task(self.ns, it.id, io, group=self._group(it))
             with self._lock:
                 self._running[it.id] = it
                 self.progress.started += 1
@@ -649,10 +664,10 @@ class Batch:
                 restore = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this
         try:
             self.stopping.set()
-            if not clean and self.mode == "direct":
+            if not clean:
                 self._kill_running()
             pool.shutdown(wait=True, cancel_futures=True)
-            if not clean and self.mode == "direct":
+            if not clean:
                 self._kill_running()
             if not clean and self.rm and self.mode == "shim":
                 for it in self.items:
