@@ -606,6 +606,8 @@ class Batch:
             pool.submit(work, it).add_done_callback(lambda _f: done_q.put(it))
 
         try:
+            if progress:
+                yield self._snapshot()  # at once: a caller (or a daemon's stream) knows the batch is under way
             while emitted < total:
                 # keep the pool's queue fed (workers never wait for the metadata), a bounded distance
                 # ahead: records a chunk at a time, the first chunk small to start at once
@@ -779,8 +781,13 @@ class BatchStream(Iterator["BatchResult | BatchProgress"]):
         # a daemon's stream arrives as a generator that only takes a close() (which cancels the batch)
         # once it has started: take the first item (a progress tick comes within a quarter second)
         self._first: list[Any] = []
-        with contextlib.suppress(StopIteration):
+        try:
             self._first.append(next(self._it))
+        except StopIteration:
+            pass
+        except BaseException:  # Ctrl-C while waiting: the batch must stop all the same
+            self.close()
+            raise
 
     def __next__(self) -> BatchResult | BatchProgress:
         while True:

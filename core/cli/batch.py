@@ -84,6 +84,25 @@ class _Progress:
             self.width = 0
 
 
+def _wait_daemon_cleanup(client: Any, ns: str, bid: str, rm: bool, timeout: float = 15.0) -> None:
+    """A daemon stops a cancelled batch at its next tick: with ``rm``, wait until its containers are
+    gone, so that the command returns with nothing of the batch left (as in embedded mode)."""
+    if not rm:
+        return
+    from ..batch import LABEL_BATCH_ID
+
+    svc = client.plugin("service", SERVICE_ID)
+    flt = [f"labels.{json.dumps(LABEL_BATCH_ID)}=={json.dumps(bid)}"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not svc.list(ns, flt):
+                return
+        except Exception:
+            return
+        time.sleep(0.1)
+
+
 def _parse_labels(items: list[str] | None) -> dict[str, str]:
     from ..runner import parse_labels
 
@@ -166,6 +185,8 @@ def run(
         bar.clear()
         if stream is not None:
             stream.close()
+        if client.remote:
+            _wait_daemon_cleanup(client, ns, bid, rm)
         what = "removed" if rm else "left running" if detach else "killed"
         print(f"pyctr: batch {bid} interrupted after {len(results)} results: stopped, what it started was {what}",
               file=sys.stderr)
