@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -89,21 +88,11 @@ def rm(
     keep_snapshot: Annotated[bool, typer.Option("--keep-snapshot", help="Leave the snapshot.")] = False,
 ) -> None:
     """Remove containers and their snapshots (a running task needs --force)."""
-    from ..errdefs import PyctrError
+    from .output import each
 
     o = opts(ctx)
     svc = service(o.client())
-    failed: PyctrError | None = None
-    for cid in containers:
-        try:
-            svc.delete_container(o.namespace, cid, force=force, keep_snapshot=keep_snapshot)
-        except PyctrError as e:
-            if len(containers) == 1:
-                raise
-            print(f"pyctr: {e}", file=sys.stderr)
-            failed = e
-    if failed is not None:
-        raise typer.Exit(failed.exit_code)
+    each(containers, lambda cid: svc.delete_container(o.namespace, cid, force=force, keep_snapshot=keep_snapshot))
 
 
 @app.command("label")

@@ -95,19 +95,10 @@ def ingest(
 @app.command("rm")
 def rm(ctx: typer.Context, digests: Annotated[list[str], typer.Argument(help="Digests to remove.")]) -> None:
     """Remove blobs from the namespace (the garbage collector frees unreferenced bytes)."""
-    from ..errdefs import PyctrError
+    from .output import each
 
     store, ns = _store(ctx)
-    failed: PyctrError | None = None
-    for d in digests:
-        try:
-            store.delete(ns, d)
-            print(d)
-        except PyctrError as e:
-            print(f"pyctr: {e}", file=sys.stderr)
-            failed = e
-    if failed is not None:
-        raise typer.Exit(failed.exit_code)
+    each(digests, lambda d: store.delete(ns, d), echo=True)
 
 
 @app.command("label")

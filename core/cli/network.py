@@ -119,17 +119,7 @@ def rm(
     names: Annotated[list[str], typer.Argument(metavar="NAME...", help="Networks.", show_default=False)],
 ) -> None:
     """Remove networks (refused while containers are attached); pyctr's bridge goes with it."""
-    from ..errdefs import PyctrError
+    from .output import each
 
     plugin = _plugin(ctx)
-    failed: PyctrError | None = None
-    for name in names:
-        try:
-            plugin.remove_network(name)
-        except PyctrError as e:
-            if len(names) == 1:
-                raise
-            print(f"pyctr: {e}", file=sys.stderr)
-            failed = e
-    if failed is not None:
-        raise typer.Exit(failed.exit_code)
+    each(names, plugin.remove_network)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from typing import TextIO
+from collections.abc import Callable, Iterable, Sequence
+from typing import TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], out: TextIO | None = None) -> None:
@@ -53,3 +55,31 @@ def parse_labels(items: Iterable[str]) -> dict[str, str]:
             raise InvalidArgument(f"invalid label {item!r}: want KEY=VALUE")
         out[key] = value if sep else ""
     return out
+
+
+def each(items: Iterable[T], action: Callable[[T], object], *, echo: bool = False) -> None:
+    """Apply ``action`` to every item (``rm A B C``): one failure does not stop the rest.
+
+    A single item's error is raised as it is (one line, its own exit status); with several, each error
+    is printed as it happens and the command exits with the last one's status.  ``echo`` prints each
+    item that succeeded.
+    """
+    import typer
+
+    from ..errdefs import PyctrError
+
+    items = list(items)
+    failed: PyctrError | None = None
+    for item in items:
+        try:
+            action(item)
+        except PyctrError as e:
+            if len(items) == 1:
+                raise
+            print(f"pyctr: {e}", file=sys.stderr)
+            failed = e
+            continue
+        if echo:
+            print(item)
+    if failed is not None:
+        raise typer.Exit(failed.exit_code)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import Annotated
 
 import typer
@@ -167,21 +166,11 @@ def rm(
                                          show_default=False)] = "",
 ) -> None:
     """Delete stopped tasks (a running one needs --force)."""
-    from ..errdefs import PyctrError
+    from .output import each
 
     o = opts(ctx)
     svc = service(o.client())
-    failed: PyctrError | None = None
-    for cid in containers:
-        try:
-            svc.delete_task(o.namespace, cid, force=force, exec_id=exec_id)
-        except PyctrError as e:
-            if len(containers) == 1:
-                raise
-            print(f"pyctr: {e}", file=sys.stderr)
-            failed = e
-    if failed is not None:
-        raise typer.Exit(failed.exit_code)
+    each(containers, lambda cid: svc.delete_task(o.namespace, cid, force=force, exec_id=exec_id))
 
 
 @app.command("metrics")
