@@ -321,6 +321,8 @@ class Batch:
         # runc is a short sequential Go program: one P spares the runtime's idle-thread spinning (~8%
         # less CPU per container measured here); the container's own environment comes from its spec
         self._runc_env = {**os.environ, "GOMAXPROCS": "1"}
+        self._bundles = ""
+        self._lock_fd = -1
         svc.store  # noqa: B018 -- the containers table exists before the first chunk's insert
 
     # -- shared work ---------------------------------------------------------------------------------
@@ -427,8 +429,7 @@ class Batch:
         from .snapshots import Mount
 
         assert it.template is not None
-        b = self.rt.bundle(self.ns, it.id)
-        path = str(b.path)
+        path = os.path.join(self._bundle_dir(), it.id)
         rootfs = os.path.join(path, "rootfs")
         runc_log = os.path.join(path, "log.json")
         it.pid_file = os.path.join(path, "init.pid")
@@ -437,7 +438,6 @@ class Batch:
         try:
             if self.stopping.is_set():
                 raise PyctrError("batch interrupted before this container started")
-            os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
             os.mkdir(path, 0o700)
             fd = os.open(os.path.join(path, "config.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                          0o600)
@@ -498,6 +498,72 @@ class Batch:
                 self._runc_delete(it.id)  # runc's own clean-up did not run (an error, a kill)
             _remove_bundle(path, rootfs)
         return it
+
+    # -- bundles of direct containers ---------------------------------------------------------------
+    # ``<runtime state>/.batch/<ns>/<batch id>/<container id>``, beside (not in) the runtime's own
+    # per-namespace bundle directories: the runtime's ``load()`` (any pyctr command that starts the
+    # runtime plugin) settles bundles it finds there that have no shim, and these never have one.  The
+    # batch holds ``<batch id>.lock`` (flock) while it runs; a later batch clears what a batch that
+    # died left (mounts, runc state, bundles; its records stay for ``pyctr batch rm``).
+
+    def _bundle_dir(self) -> str:
+        if self._bundles:
+            return self._bundles
+        base = self.rt.state / ".batch" / self.ns
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._clear_stale(base)
+        lock = base / f"{self.batch_id}.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_fd = fd
+        d = base / self.batch_id
+        d.mkdir(mode=0o700, exist_ok=True)
+        self._bundles = str(d)
+        return self._bundles
+
+    def _clear_stale(self, base: Any) -> None:
+        import fcntl
+
+        from .mount import unmount
+
+        for entry in os.listdir(base):
+            if not entry.endswith(".lock"):
+                continue
+            lock = os.path.join(base, entry)
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # that batch still runs
+                d = lock[:-len(".lock")]
+                for cid in os.listdir(d) if os.path.isdir(d) else []:
+                    log.warning("batch: clearing container %s left by a batch that died", cid)
+                    with contextlib.suppress(Exception):
+                        unmount(os.path.join(d, cid, "rootfs"), lazy=True, retries=2)
+                    with contextlib.suppress(Exception):
+                        self._runc_delete(cid)
+                    _remove_bundle(os.path.join(d, cid), os.path.join(d, cid, "rootfs"))
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
+                os.unlink(lock)
+            finally:
+                os.close(fd)
+
+    def _release_bundle_dir(self) -> None:
+        if not self._bundles:
+            return
+        with contextlib.suppress(OSError):
+            os.rmdir(self._bundles)  # empty unless something could not be removed
+        if self._lock_fd >= 0:
+            if not os.path.isdir(self._bundles):
+                with contextlib.suppress(OSError):
+                    os.unlink(self._bundles + ".lock")
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._bundles = ""
 
     def _runc_delete(self, cid: str) -> None:
         import subprocess
@@ -606,6 +672,8 @@ class Batch:
             pool.submit(work, it).add_done_callback(lambda _f: done_q.put(it))
 
         try:
+            if self.mode == "direct":
+                self._bundle_dir()
             if progress:
                 yield self._snapshot()  # at once: a caller (or a daemon's stream) knows the batch is under way
             while emitted < total:
@@ -676,6 +744,7 @@ class Batch:
                     if it.made and it.result is not None and it.result.status == "running":
                         with contextlib.suppress(Exception):
                             self.svc.get_task(self.ns, it.id).delete(force=True)
+            self._release_bundle_dir()
             leftovers = [it for it in self.items if it.made and (
                 it.result is None or self.rm or it.result.status == "failed")]
             for i in range(0, len(leftovers), _CHUNK):

@@ -69,8 +69,10 @@ class Env:
         return out
 
     def bundles_left(self) -> list[str]:
-        d = self.runtime_state / "default"
-        return sorted(os.listdir(d)) if d.is_dir() else []
+        out = []
+        for d in (self.runtime_state / "default", self.runtime_state / ".batch" / "default"):
+            out += sorted(os.listdir(d)) if d.is_dir() else []
+        return out
 
     def runc_states_left(self) -> list[str]:
         d = self.runtime_state / "runc" / "default"
@@ -251,3 +253,28 @@ def test_through_the_daemon(env: Env) -> None:
                     time.monotonic() < deadline:
                 time.sleep(0.1)
         env.assert_nothing_left(daemon=proc.pid)
+
+
+def test_a_later_batch_clears_what_a_killed_batch_left(env: Env) -> None:
+    proc = subprocess.Popen(env.cmd("batch", "run", "--count", "4", "--name", "dead", IMAGE, "sleep", "30"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    try:
+        deadline = time.monotonic() + 20
+        while len(env.runc_states_left()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(env.runc_states_left()) == 4
+    finally:
+        proc.kill()  # no clean-up at all: mounts, runc state, bundles and records stay
+        proc.wait()
+    assert env.mounts_under() != []
+    p = env.run("batch", "run", "--rm", IMAGE, "true")
+    assert p.returncode == 0, p.stderr
+    assert env.mounts_under() == [] and env.bundles_left() == []
+    deadline = time.monotonic() + 10
+    while env.runc_states_left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert env.runc_states_left() == []
+    # the dead batch's records are still there, for batch rm
+    assert sorted(env.ok("containers", "ls", "-q").split()) == [f"dead-{i}" for i in range(4)]
+    env.ok("batch", "rm", "dead")
+    env.assert_nothing_left()
