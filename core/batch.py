@@ -264,6 +264,7 @@ class _Item:
     killed: bool = False
     made: bool = False  # snapshot and record exist
     task: Any = None  # shim mode: the task while it runs
+    mounted: bool = False  # direct mode: the rootfs mount point was made
 
 
 class Batch:
@@ -323,6 +324,7 @@ class Batch:
         self._runc_env = {**os.environ, "GOMAXPROCS": "1"}
         self._bundles = ""
         self._lock_fd = -1
+        self._janitor: ThreadPoolExecutor | None = None
         svc.store  # noqa: B018 -- the containers table exists before the first chunk's insert
 
     # -- shared work ---------------------------------------------------------------------------------
@@ -425,7 +427,7 @@ class Batch:
     # -- one container, run to completion by runc itself -----------------------------------------------
 
     def _run_direct(self, it: _Item) -> _Item:
-        from .mount import mount_all, unmount
+        from .mount import mount_all
         from .snapshots import Mount
 
         assert it.template is not None
@@ -489,7 +491,20 @@ class Batch:
         except Exception as e:
             self._fail(it, e, started=started)
         finally:
-            if mounted:
+            it.mounted = mounted
+        return it
+
+    def _clean_direct(self, it: _Item) -> _Item:
+        """Unmount the rootfs and remove the bundle of a direct container that ended (or never ran).
+
+        Runs on the janitor threads: ``umount2`` waits for an RCU grace period (~10 ms here, no CPU),
+        which would otherwise keep a launch slot idle."""
+        from .mount import unmount
+
+        path = os.path.join(self._bundles, it.id)
+        rootfs = os.path.join(path, "rootfs")
+        try:
+            if it.mounted:
                 try:
                     unmount(rootfs, lazy=True, retries=2)  # one umount2: no scan of the mount table
                 except Exception as e:
@@ -497,6 +512,8 @@ class Batch:
             if it.runc_pid and it.result is not None and it.result.status == "failed":
                 self._runc_delete(it.id)  # runc's own clean-up did not run (an error, a kill)
             _remove_bundle(path, rootfs)
+        except Exception:
+            log.warning("batch: cleaning up %s failed", it.id, exc_info=True)
         return it
 
     # -- bundles of direct containers ---------------------------------------------------------------
@@ -668,8 +685,24 @@ class Batch:
         clean = False
         last_tick = 0.0
 
+        janitor = ThreadPoolExecutor(min(4, self.parallel), thread_name_prefix="pyctr-batch-clean")
+        self._janitor = janitor
+
+        def direct(it: _Item) -> None:
+            self._run_direct(it)
+            try:
+                janitor.submit(self._clean_direct, it).add_done_callback(lambda _f: done_q.put(it))
+            except RuntimeError:  # shutting down
+                self._clean_direct(it)
+                done_q.put(it)
+
         def submit(it: _Item) -> None:
-            pool.submit(work, it).add_done_callback(lambda _f: done_q.put(it))
+            if self.mode == "direct":
+                fut = pool.submit(direct, it)
+                # a launch cancelled by an interrupt never ran (or broke): report it, records go at the end
+                fut.add_done_callback(lambda f: done_q.put(it) if f.cancelled() or f.exception() else None)
+            else:
+                pool.submit(work, it).add_done_callback(lambda _f: done_q.put(it))
 
         try:
             if self.mode == "direct":
@@ -739,6 +772,8 @@ class Batch:
             pool.shutdown(wait=True, cancel_futures=True)
             if not clean:
                 self._kill_running()
+            if self._janitor is not None:
+                self._janitor.shutdown(wait=True)
             if not clean and self.rm and self.mode == "shim":
                 for it in self.items:
                     if it.made and it.result is not None and it.result.status == "running":
