@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errdefs import InvalidArgument, NotFound, PyctrError
+from .errdefs import AlreadyExists, InvalidArgument, NotFound, PyctrError
 
 log = logging.getLogger("pyctr.batch")
 
@@ -367,13 +367,14 @@ class Batch:
 
                     validate_labels(labels)
                     if tx.execute("SELECT 1 FROM containers WHERE ns=? AND id=?", (self.ns, it.id)).fetchone():
-                        raise PyctrError(f"container {it.id!r} already exists in namespace {self.ns!r}")
+                        raise AlreadyExists(f"container {it.id!r} already exists in namespace {self.ns!r}")
                     sn = it.image.sn
                     try:
                         mounts = sn.prepare(self.ns, it.id, it.image.top)
                     except PyctrError as e:
                         if "already exists" in str(e):
-                            raise PyctrError(f"container or snapshot {it.id!r} already exists") from None
+                            raise AlreadyExists(f"snapshot {it.id!r} already exists: remove it or choose "
+                                                "another id") from None
                         raise
                     it.mounts = [m.to_dict() for m in mounts]
                     t = it.template = self._template(it, mounts)
@@ -533,7 +534,11 @@ class Batch:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         import fcntl
 
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyExists(f"a batch named {self.batch_id!r} is running: choose another --name") from None
         self._lock_fd = fd
         d = base / self.batch_id
         d.mkdir(mode=0o700, exist_ok=True)

@@ -69,7 +69,7 @@ class _Progress:
         line = (f"batch {p.batch_id}: started {p.started}/{p.total}  running {p.running}  exited {p.exited}"
                 f"  failed {p.failed}  {rate:.1f}/s")
         try:
-            cols = os.get_terminal_size(sys.stderr.fileno()).columns
+            cols = os.get_terminal_size(sys.stderr.fileno()).columns or 120  # 0: the terminal does not say
         except OSError:
             cols = 120
         line = line[:max(cols - 1, 10)]
