@@ -171,11 +171,15 @@ def test_one_bad_command_fails_alone(env: Env) -> None:
 
 
 def test_spec_entries_env_args_labels_then_rm_by_label(env: Env, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "marker").write_text("x")
     spec = tmp_path / "batch.jsonl"
     spec.write_text("".join(json.dumps(d) + "\n" for d in [
         {"id": "e1", "env": ["CODE=4"], "args": ["sh", "-c", "exit $CODE"], "labels": {"role": "a"}},
         {"id": "e2", "env": {"CODE": "5"}, "args": ["sh", "-c", "exit $CODE"], "labels": {"role": "b"}},
-        {"id": "e3", "args": ["sh", "-c", "test -w /tmp && exit 6"], "resources": {"memory": "64m"}},
+        {"id": "e3", "args": ["sh", "-c", "test -f /data/marker && exit 6"], "resources": {"memory": "64m"},
+         "mounts": [f"type=bind,src={data},dst=/data,options=rbind:ro"]},
     ]))
     p = env.run("batch", "run", "--format", "json", "--spec", str(spec), "--label", "team=x", IMAGE)
     assert p.returncode == 0, p.stderr
