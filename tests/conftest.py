@@ -121,3 +121,32 @@ def speedups(request: Any) -> Iterator[Speedups]:
 
 # Registry and image fixtures (docker-registry on loopback, umoci/skopeo-built images).
 pytest_plugins = ["fixtures_registry", "fixtures_images"]
+
+
+# -- session hygiene ---------------------------------------------------------------------------------
+
+_SESSION_START = 0.0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import time
+
+    global _SESSION_START
+    _SESSION_START = time.time() - 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the short shim-socket directories (``/tmp/pyctr-s-<hash>``) that the runtime makes for
+    state directories too deep for a socket path (pytest's tmp paths are) once no shim listens in them:
+    only those made during this session and holding nothing but their spawn lock."""
+    import glob
+
+    for d in glob.glob("/tmp/pyctr-s-*"):
+        try:
+            if os.stat(d).st_ctime < _SESSION_START or set(os.listdir(d)) - {"spawn.lock"}:
+                continue
+            if os.path.exists(os.path.join(d, "spawn.lock")):
+                os.unlink(os.path.join(d, "spawn.lock"))
+            os.rmdir(d)
+        except OSError:
+            continue
