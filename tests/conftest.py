@@ -140,10 +140,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state directories too deep for a socket path (pytest's tmp paths are) once no shim listens in them:
     only those made during this session and holding nothing but their spawn lock."""
     import glob
+    import socket
+    import stat
 
     for d in glob.glob("/tmp/pyctr-s-*"):
         try:
-            if os.stat(d).st_ctime < _SESSION_START or set(os.listdir(d)) - {"spawn.lock"}:
+            if os.stat(d).st_ctime < _SESSION_START:
+                continue
+            for name in os.listdir(d):  # sockets nobody listens on any more (a shim or zygote was killed)
+                path = os.path.join(d, name)
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    s = socket.socket(socket.AF_UNIX)
+                    try:
+                        s.connect(path)
+                    except ConnectionRefusedError:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                    finally:
+                        s.close()
+            if set(os.listdir(d)) - {"spawn.lock"}:
                 continue
             if os.path.exists(os.path.join(d, "spawn.lock")):
                 os.unlink(os.path.join(d, "spawn.lock"))
