@@ -159,16 +159,12 @@ def ensure_image(client: Client, ns: str, image: str) -> None:
 
     parse(image)  # a malformed reference is an InvalidArgument, not a pull attempt
     try:
-        dist = client.plugin("distribution")
+        client.plugin("distribution")
     except PyctrError as e:
         raise NotFound(f"image {image!r} not found in namespace {ns!r} and cannot be pulled: {e}") from None
-    from .images import Image
-
     print(f"pulling {image} ...", file=sys.stderr)
-    with images.temporary_lease(ns, "pull") as lease:
-        res = dist.fetch(ns, image, lease_id=lease)
-        images.unpack_target(ns, res.target, lease=lease)  # before the record: a failed unpack leaves none
-        images.create_or_update(ns, Image(name=res.name, target=res.target))
+    for _ in images.pull(ns, image):  # fetch, unpack, then the record (in the daemon when remote)
+        pass
 
 
 # -- attaching to a task -----------------------------------------------------------------------------

@@ -99,25 +99,23 @@ def pull_image(
     no_unpack: bool,
     snapshotter: str | None,
 ) -> None:
-    from ..images import Image
-
     o = opts(ctx)
-    client = o.client()
     ns = o.namespace
-    images = client.plugin("images")
-    dist = client.plugin("distribution")
+    images = o.client().plugin("images")
     renderer = ProgressRenderer()
     t0 = time.monotonic()
-    with images.temporary_lease(ns, "pull") as lease:
-        res = dist.fetch(ns, ref, platforms=platforms or None, all_platforms=all_platforms,
-                         plain_http=plain_http, user=user, progress=renderer, lease_id=lease)
-        renderer.finish()
-        unpacked = ""
-        if not no_unpack:  # unpack first: a failed unpack must leave no image record behind
-            platform = platforms[0] if platforms else None
-            top = images.unpack_target(ns, res.target, snapshotter, platform, lease=lease)
-            unpacked = f"; unpacked ({top[:19]})" if top else "; unpacked"
-        images.create_or_update(ns, Image(name=res.name, target=res.target))
+    res: Any = None
+    unpacked = ""
+    for item in images.pull(ns, ref, platforms=platforms or None, all_platforms=all_platforms,
+                            plain_http=plain_http, user=user, unpack=not no_unpack, snapshotter=snapshotter):
+        if "progress" in item:
+            renderer(item["progress"])
+        else:
+            res = item["result"]
+            if not no_unpack:
+                top = item["top"]
+                unpacked = f"; unpacked ({top[:19]})" if top else "; unpacked"
+    renderer.finish()
     seconds = time.monotonic() - t0
     extra = ""
     if res.bytes_resumed:

@@ -220,6 +220,67 @@ class ImageService:
             u.rollback()
             raise
 
+    def pull(self, ns: str, ref: str, *, platforms: Sequence[str] | None = None, all_platforms: bool = False,
+             plain_http: bool = False, user: str | None = None, unpack: bool = True,
+             snapshotter: str | None = None) -> Iterator[dict[str, Any]]:
+        """Pull ``ref``: fetch it from its registry (the ``distribution`` plugin), unpack each layer as it
+        arrives, then record the image -- all under one lease, so a failure at any step leaves no record,
+        no snapshot and no unverified content.
+
+        A generator (streamed item by item through the daemon): ``{"progress": ProgressEvent}`` while it
+        works, then one ``{"result": FetchResult, "top": top chain ID or ""}``.  Closing it early cancels
+        the pull.
+        """
+        import queue
+        import threading
+
+        from pyctr.errdefs import Unavailable
+
+        dist = self.registry.get("distribution")
+        platform = platforms[0] if platforms else None
+        events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        cancelled = threading.Event()
+
+        def progress(ev: Any) -> None:
+            if cancelled.is_set():
+                raise Unavailable(f"pull of {ref} cancelled")
+            events.put(("progress", ev))
+
+        def work() -> None:
+            try:
+                with self.temporary_lease(ns, "pull") as lease:
+                    kw: dict[str, Any] = {"platforms": list(platforms) if platforms else None,
+                                          "all_platforms": all_platforms, "plain_http": plain_http,
+                                          "user": user, "lease_id": lease}
+                    top = ""
+                    if unpack:
+                        with self.unpack_session(ns, snapshotter, platform, lease=lease) as session:
+                            res = dist.fetch(ns, ref, progress=session.progress(progress), **kw)
+                            top = session.finish(res.target)
+                    else:
+                        res = dist.fetch(ns, ref, progress=progress, **kw)
+                    self.create_or_update(ns, Image(name=res.name, target=res.target))
+                events.put(("done", (res, top)))
+            except BaseException as e:  # handed to the consumer, who raises it
+                events.put(("error", e))
+
+        worker = threading.Thread(target=work, name=f"pull {ref}", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value = events.get()
+                if kind == "progress":
+                    yield {"progress": value}
+                elif kind == "error":
+                    raise value
+                else:
+                    res, top = value
+                    yield {"result": res, "top": top}
+                    return
+        finally:
+            cancelled.set()
+            worker.join()
+
     def unpack_session(self, ns: str, snapshotter: str | None = None, platform: str | None = None, *,
                        lease: str | None = None) -> UnpackSession:
         """Start unpacking while a pull fetches (see :class:`~.unpack.UnpackSession`)::
