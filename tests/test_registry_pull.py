@@ -561,3 +561,21 @@ def test_server_ignoring_ranges_gets_the_whole_blob(seeded_registry: SeededRegis
     assert proxy.ranged == 1  # it asked for the rest ...
     assert res.bytes_resumed == 0 and res.bytes_fetched == sum(big.blobs.values())  # ... and took it all
     assert _content(c).info("default", layer).size == big.blobs[layer]
+
+
+def test_pull_and_run_through_the_daemon(seeded_registry: SeededRegistry, tmp_root: Any, pyctr_cli: Any) -> None:
+    """``images pull`` and ``run``'s implicit pull work through pyctrd (the pull runs in the daemon and
+    streams its progress), and a missing tag there is still one line."""
+    from daemon_helpers import running_daemon
+
+    ref = f"{seeded_registry.addr}/test/busybox:1"
+    with running_daemon(tmp_root) as (_proc, sock):
+        p = pyctr_cli("--address", sock, "images", "pull", "--plain-http", ref, check=True)
+        assert "pulled" in p.stdout and "unpacked" in p.stdout
+        assert ref in pyctr_cli("--address", sock, "images", "ls", "-q", check=True).stdout.split()
+        bad = pyctr_cli("--address", sock, "images", "pull", "--plain-http", ref.replace(":1", ":nope"))
+        assert bad.returncode == NotFound.exit_code and "Traceback" not in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+        out = pyctr_cli("--address", sock, "run", "--rm", ref, "echo", "pulled-and-ran", check=True).stdout
+        assert out.strip().splitlines()[-1] == "pulled-and-ran"
+        assert pyctr_cli("--address", sock, "containers", "ls", "-q", check=True).stdout.strip() == ""
