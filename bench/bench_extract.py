@@ -4,7 +4,15 @@ Compares, in the same run: GNU ``tar -xf``/``tar -xzf``, ``tar -I igzip`` (if in
 ``tarfile``, and pyctr's extractor (compiled and pure-Python twin).  The source layer is built once
 from the host's own ``/usr`` and cached under ``/var/tmp/pyctr-bench``.
 
-    python bench/bench_extract.py [--repeat 3] [--targets /dev/shm,/var/tmp] [--only gz]
+    python bench/bench_extract.py [--repeat 3] [--targets /dev/shm,/var/tmp] [--only gz] [--no-containerd]
+
+With containerd and ctr installed, each target also gets a *containerd vs pyctr import* table: the gzip
+layer is wrapped in a one-layer OCI image tar, and whole commands are timed from a fresh store each run
+(a private containerd, CRI disabled, root/state under the target; pyctr's --root/--state under the
+target; on a disk the stores are removed only after all runs): ``ctr images import --no-unpack`` vs
+``ctr images import`` and ``pyctr images import --no-unpack`` vs ``pyctr images import``.  Unpack
+time = best with unpack - best without.  containerd decompresses with ``unpigz`` when pigz is on PATH
+(printed).  ``--import-only`` runs just these.
 
 Each figure is the best of ``--repeat`` runs, in MB/s of *uncompressed* layer per second of wall time
 (output trees are removed only after all runs on a target, and dirty pages are written back before
@@ -15,10 +23,14 @@ subprocess, so the pure-Python twin is forced with ``PYCTR_NO_EXTENSIONS=1``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -104,6 +116,180 @@ def run_one(argv: list[str], env: dict[str, str], base: str, repeat: int, keep: 
     return best
 
 
+OCI_REF = "docker.io/library/pyctr-bench-extract:latest"
+
+
+def build_oci_image(tar: Path, tgz: Path) -> Path:
+    """A one-layer OCI layout tar around ``tgz`` (cached next to it)."""
+    out = CACHE / "oci-image.tar"
+    if out.exists() and out.stat().st_mtime >= tgz.stat().st_mtime:
+        return out
+
+    def sha(path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+
+    layer = sha(tgz)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha(tar)]}}).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": "sha256:" + hashlib.sha256(config).hexdigest(), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + layer,
+                    "size": tgz.stat().st_size}]}).encode()
+    mdig = hashlib.sha256(manifest).hexdigest()
+    index = json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + mdig,
+         "size": len(manifest), "annotations": {"org.opencontainers.image.ref.name": OCI_REF}}]}).encode()
+    tmp = out.with_suffix(".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+        def add(name: str, data: bytes) -> None:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+
+        add("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        add("index.json", index)
+        add(f"blobs/sha256/{hashlib.sha256(config).hexdigest()}", config)
+        add(f"blobs/sha256/{mdig}", manifest)
+        tf.add(str(tgz), arcname=f"blobs/sha256/{layer}")
+    tmp.rename(out)
+    return out
+
+
+def _umount_under(path: str) -> None:
+    for line in reversed(Path("/proc/mounts").read_text().splitlines()):
+        mnt = line.split()[1]
+        if mnt == path or mnt.startswith(path + "/"):
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
+class Containerd:
+    """A private containerd (CRI disabled) with root/state/sockets under ``base``, fresh every start."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock = str(base / "ctd.sock")
+
+    def start(self) -> None:
+        self.stop()
+        self.base.mkdir(parents=True)
+        cfg = self.base / "config.toml"
+        cfg.write_text(f'version = 2\nroot = "{self.base}/root"\nstate = "{self.base}/state"\n'
+                       'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                       f'[grpc]\n  address = "{self.sock}"\n[ttrpc]\n  address = "{self.sock}.ttrpc"\n'
+                       f'[debug]\n  address = "{self.base}/debug.sock"\n')
+        self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            if subprocess.run(["ctr", "-a", self.sock, "version"], capture_output=True).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise SystemExit("containerd did not start")
+
+    def stop(self, remove: bool = True) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+        _umount_under(str(self.base))
+        if remove:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _timed(cmd: list[str]) -> float:
+    os.sync()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
+    return dt
+
+
+def import_cases(base: str, image: Path, size: int, repeat: int, extractor_gz: float | None) -> None:
+    """containerd's vs pyctr's ``images import`` of the one-layer image, with and without unpack."""
+    pyctr = shutil.which("pyctr", path=os.path.dirname(sys.executable)) or shutil.which("pyctr")
+    scratch = Path(tempfile.mkdtemp(prefix="pyctr-bench-import-", dir=base))
+    # on a disk, stores are removed only after all runs (see run_one: deletions slow later writes)
+    remove = _fstype(base) == "tmpfs"
+    ctd = Containerd(scratch / "ctd")
+    best: dict[str, float] = {}
+    n = 0
+    try:
+        def ctr(unpack: bool) -> float:
+            nonlocal ctd, n
+            n += 1
+            ctd = Containerd(scratch / f"ctd{n}")
+            ctd.start()
+            try:
+                return _timed(["ctr", "-a", ctd.sock, "-n", "bench", "images", "import",
+                               *([] if unpack else ["--no-unpack"]), str(image)])
+            finally:
+                ctd.stop(remove)
+
+        def py(unpack: bool) -> float:
+            nonlocal n
+            n += 1
+            root = scratch / f"pyctr{n}"
+            try:
+                return _timed([str(pyctr), "--root", str(root / "root"), "--state", str(root / "state"),
+                               "images", "import", *([] if unpack else ["--no-unpack"]), str(image)])
+            finally:
+                _umount_under(str(root))
+                if remove:
+                    shutil.rmtree(root, ignore_errors=True)
+
+        cases = {"ctr images import --no-unpack": lambda: ctr(False),
+                 "ctr images import": lambda: ctr(True),
+                 "pyctr images import --no-unpack": lambda: py(False),
+                 "pyctr images import": lambda: py(True)}
+        for _ in range(repeat):  # interleaved
+            for name, fn in cases.items():
+                if pyctr is None and name.startswith("pyctr"):
+                    continue
+                best[name] = min(best.get(name, float("inf")), fn())
+    finally:
+        ctd.stop()
+        _umount_under(str(scratch))
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"\n### images import of the one-layer gzip image ({image.stat().st_size / 1e6:.0f} MB tar), "
+          f"target {base}, best of {repeat}, fresh store each run")
+    print(f"containerd decompresses with: {'unpigz (pigz on PATH)' if shutil.which('unpigz') else 'Go gzip'}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| command | seconds |")
+    print("|---|---:|")
+    for name, t in best.items():
+        print(f"| {name} | {t:.3f} |")
+    unpack = {}
+    for tool, label in (("ctr", "containerd"), ("pyctr", "pyctr")):
+        if f"{tool} images import" in best:
+            unpack[label] = best[f"{tool} images import"] - best[f"{tool} images import --no-unpack"]
+    print("| unpack (with - without) | seconds | MB/s |")
+    print("|---|---:|---:|")
+    for label, t in unpack.items():
+        print(f"| {label} | {t:.3f} | {size / t / 1e6:.0f} |")
+    if extractor_gz is not None:
+        print(f"| pyctr extractor alone (gz, table above) | {extractor_gz:.3f} | {size / extractor_gz / 1e6:.0f} |")
+    if "containerd" in unpack:
+        c = unpack["containerd"]
+        if "pyctr" in unpack:
+            print(f"pyctr/containerd unpack speed (whole import): {c / unpack['pyctr']:.2f}x")
+            print(f"pyctr/containerd with-unpack import time: "
+                  f"{best['pyctr images import'] / best['ctr images import']:.2f}")
+        if extractor_gz is not None:
+            print(f"pyctr extractor (c, gz) / containerd unpack speed: {c / extractor_gz:.2f}x")
+
+
 def _fstype(path: str) -> str:
     return subprocess.run(["stat", "-f", "-c", "%T", path], capture_output=True, text=True).stdout.strip()
 
@@ -113,6 +299,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--targets", default="/dev/shm,/var/tmp")
     ap.add_argument("--only", default="", help="comma list of tar,gz,zst")
+    ap.add_argument("--no-containerd", action="store_true", help="skip the containerd/pyctr import cases")
+    ap.add_argument("--import-only", action="store_true", help="only the containerd/pyctr import cases")
     args = ap.parse_args()
     tar, tgz, zst = build_layer()
     size = tar.stat().st_size
@@ -122,7 +310,15 @@ def main() -> None:
           f"gzip {tgz.stat().st_size / 1e6:.0f} MB,"
           f" zstd {zst.stat().st_size / 1e6:.0f} MB; best of {args.repeat}; MB/s of uncompressed layer")
     only = set(filter(None, args.only.split(",")))
+    with_ctd = not args.no_containerd and shutil.which("containerd") and shutil.which("ctr")
+    image = build_oci_image(tar, tgz) if with_ctd else None
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} CPUs")
     for base in args.targets.split(","):
+        pyctr_gz: float | None = None
+        if args.import_only:
+            assert image is not None, "--import-only needs containerd and ctr"
+            import_cases(base, image, size, args.repeat, None)
+            continue
         print(f"\n## target {base}")
         print(f"| {'format':6} | {'method':18} | {'seconds':>8} | {'MB/s':>6} |")
         print(f"|{'-' * 8}|{'-' * 20}|{'-' * 10}|{'-' * 8}|")
@@ -132,10 +328,14 @@ def main() -> None:
                 if only and fmt not in only:
                     continue
                 t = run_one(argv, env, base, args.repeat, keep)
+                if (fmt, name) == ("gz", "pyctr (c)"):
+                    pyctr_gz = t
                 print(f"| {fmt:6} | {name:18} | {t:8.3f} | {size / t / 1e6:6.0f} |", flush=True)
         finally:
             for d in keep:
                 shutil.rmtree(d, ignore_errors=True)
+        if image is not None and (not only or "gz" in only):
+            import_cases(base, image, size, args.repeat, pyctr_gz)
 
 
 if __name__ == "__main__":

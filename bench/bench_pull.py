@@ -11,7 +11,7 @@ The image is built once (cached under --cache): four gzip layers of host files (
 (CRI disabled) with a fresh root for every run; pyctr gets a fresh --root/--state.  Whole commands are
 timed (process start included, as a user sees them); median and min-max of --runs.
 
-    python bench/bench_pull.py --runs 5
+    python bench/bench_pull.py --runs 5 [--tmpfs]
 """
 
 from __future__ import annotations
@@ -184,8 +184,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--cache", default="/tmp/pyctr-bench-cache")
     ap.add_argument("--dir", default=None, help="scratch (default: a temp dir under /tmp)")
-    ap.add_argument("--pyctr", default=shutil.which("pyctr") or "pyctr")
+    ap.add_argument("--tmpfs", action="store_true",
+                    help="scratch under /dev/shm: pyctr's --root/--state, containerd's root/state and the "
+                         "registry's storage all live on tmpfs")
+    ap.add_argument("--pyctr", default=shutil.which("pyctr", path=os.path.dirname(sys.executable))
+                    or shutil.which("pyctr") or "pyctr")
     args = ap.parse_args()
+    if args.tmpfs:
+        args.dir = "/dev/shm"
     for tool in ("docker-registry", "skopeo", "containerd", "ctr"):
         if shutil.which(tool) is None:
             raise SystemExit(f"needs {tool}")
@@ -204,8 +210,8 @@ def main() -> None:
     try:
         subprocess.run(["skopeo", "copy", "-q", "--preserve-digests", "--dest-tls-verify=false",
                         f"oci:{layout}:latest", f"docker://{ref}"], check=True)
-        print(f"image: {len(manifest['layers'])} gzip layers, {total / 1e6:.1f} MB; registry {addr}",
-              flush=True)
+        print(f"image: {len(manifest['layers'])} gzip layers, {total / 1e6:.1f} MB; registry {addr}; "
+              f"scratch {base}; load {os.getloadavg()[0]:.2f}", flush=True)
 
         def pyctr(*extra: str) -> float:
             root = base / "pyctr"
@@ -243,7 +249,7 @@ def main() -> None:
         reg.terminate()
         reg.wait(10)
         shutil.rmtree(base, ignore_errors=True)
-    print()
+    print(f"\nload average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"| command ({total / 1e6:.0f} MB, {args.runs} runs) | median s | min-max s | MB/s (median) |")
     print("|---|---:|---:|---:|")
     for name, ts in results.items():
