@@ -325,15 +325,17 @@ class FifoIO:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def attached(task: Task, tty: bool, exec_id: str = "", on_started: Callable[[], None] | None = None) -> int:
-    """Start the created process attached to this terminal, forward signals and resizes, and return its
-    exit status."""
+def attached(task: Task, tty: bool, exec_id: str = "", on_started: Callable[[], None] | None = None, *,
+             started: bool = False) -> int:
+    """Start the created process (unless ``started``) attached to this terminal, forward signals and
+    resizes, and return its exit status."""
     with Attach(tty) as att:
         att.task, att.exec_id = task, exec_id
         att.setup_signals()
         att.raw()
         att.resize()  # the pty exists once the process is created: size it before it runs, as ctr does
-        task.start(exec_id)
+        if not started:
+            task.start(exec_id)
         if on_started is not None:
             on_started()
         if exec_id:
@@ -370,12 +372,13 @@ def cleanup(svc: Any, ns: str, cid: str, *, remove_container: bool, task: Task |
             print(f"pyctr: cleaning up container {cid}: {e}", file=sys.stderr)
 
 
-def run_task_attached(svc: Any, ns: str, cid: str, task: Task, tty: bool, *, remove_container: bool) -> int:
-    """Start a created task attached to this terminal; always delete the task afterwards (and the
-    container when asked, or when the start failed)."""
+def run_task_attached(svc: Any, ns: str, cid: str, task: Task, tty: bool, *, remove_container: bool,
+                      already_started: bool = False) -> int:
+    """Start a created task (unless ``already_started``) attached to this terminal; always delete the task
+    afterwards (and the container when asked, or when the start failed)."""
     started: list[bool] = []
     try:
-        return attached(task, tty, on_started=lambda: started.append(True))
+        return attached(task, tty, on_started=lambda: started.append(True), started=already_started)
     finally:
         trace("exited")
         cleanup(svc, ns, cid, remove_container=remove_container or not started, task=task)
@@ -423,8 +426,11 @@ def run_container(client: Client, ns: str, image: str, args: list[str] | None, *
             io = fifos.process_io(json_log, log_uri)
         else:
             io = foreground_io(interactive, ro.tty, json_log, log_uri)
+        # Without a tty nothing has to happen between create and start (a pty is sized in between):
+        # create and start in one runc invocation.
+        one_step = not ro.tty
         try:
-            task = svc.create_task(ns, cid, io)
+            task = svc.create_task(ns, cid, io, start=True) if one_step else svc.create_task(ns, cid, io)
         except BaseException:
             if fifos is not None:
                 fifos.finish(0)
@@ -434,7 +440,7 @@ def run_container(client: Client, ns: str, image: str, args: list[str] | None, *
         cleanup(svc, ns, cid, remove_container=True)
         raise
     try:
-        return run_task_attached(svc, ns, cid, task, ro.tty, remove_container=rm)
+        return run_task_attached(svc, ns, cid, task, ro.tty, remove_container=rm, already_started=one_step)
     finally:
         if fifos is not None:
             fifos.finish()

@@ -246,8 +246,11 @@ class Runtime(Protocol):
         rootfs_mounts: list[Mapping[str, Any]],
         io: ProcessIO,
         group: str | None = None,
+        *,
+        start: bool = False,
     ) -> Task:
-        """Create a task (state CREATED) from an OCI spec and its rootfs mounts (containerd ``Mount``
+        """Create a task (state CREATED; RUNNING with ``start=True``, which creates and starts it in one
+        step) from an OCI spec and its rootfs mounts (containerd ``Mount``
         dicts: ``{"type", "source", "options": [...]}``; an empty list means the spec's
         ``root.path`` is used as-is).  ``group`` puts the task in a shared shim (a batch, a pod).
         AlreadyExists when the task exists; CommandNotFound when the command is missing.

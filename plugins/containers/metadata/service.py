@@ -232,7 +232,7 @@ class ContainerService:
         return task
 
     def create_task(self, ns: str, id_: str, io: ProcessIO | Mapping[str, Any], *,
-                    group: str | None = None) -> Task:
+                    group: str | None = None, start: bool = False) -> Task:
         """Create the container's task (state CREATED): mount the snapshot, start a shim, ``runc
         create``.  CommandNotFound (exit 127) when the command is not in the image.  ``io`` may be a
         :class:`~pyctr.runtime.ProcessIO` or its dict."""
@@ -249,7 +249,8 @@ class ContainerService:
         net = self._network(c)
         spec = c.spec if net is None else net.attach(ns, id_, c.spec, c.extensions.get(EXT_RUN_OPTIONS) or {})
         try:
-            task: Task = rt.create(ns, id_, spec, [m.to_dict() for m in mounts], io, group)
+            task: Task = (rt.create(ns, id_, spec, [m.to_dict() for m in mounts], io, group, start=True) if start
+                          else rt.create(ns, id_, spec, [m.to_dict() for m in mounts], io, group))
         except BaseException:
             self.release_network(ns, id_, c, quiet=True)
             raise

@@ -373,7 +373,7 @@ class RuncRuntime:
             del self.loaded[:-1000]
 
     def create(self, ns: str, id: str, bundle_spec: Mapping[str, Any], rootfs_mounts: list[Mapping[str, Any]],
-               io: ProcessIO, group: str | None = None) -> RuncTask:
+               io: ProcessIO, group: str | None = None, *, start: bool = False) -> RuncTask:
         validate_identifier(ns, "namespace")
         validate_identifier(id, "task id")
         group = group or self.default_group or id
@@ -424,7 +424,7 @@ class RuncRuntime:
             b.write("shim.json", rec)
             params = {"ns": ns, "id": id, "bundle": str(b.path), "group": group, "cgroup": cg,
                       "runc": {"binary": self.runc_path, "root": self.runc_root_for(ns)},
-                      "publish": self._event_address, "io": _io_params(io, self.stdio_copy)}
+                      "publish": self._event_address, "io": _io_params(io, self.stdio_copy), "start": start}
             try:
                 res = self.client(address).call("create", params, fds=io.fds())
             except ShimGone:

@@ -23,6 +23,14 @@ def create_args(bundle: str, pid_file: str, id: str, console_socket: str = "") -
     return [*args, id]
 
 
+def run_args(bundle: str, pid_file: str, id: str, console_socket: str = "") -> list[str]:
+    """``runc run --detach``: create and start in one runc invocation (one Go process start less)."""
+    args = ["run", "--detach", "--bundle", bundle, "--pid-file", pid_file]
+    if console_socket:
+        args += ["--console-socket", console_socket]
+    return [*args, id]
+
+
 def exec_args(process_file: str, pid_file: str, id: str, console_socket: str = "") -> list[str]:
     args = ["exec", "--detach", "--process", process_file, "--pid-file", pid_file]
     if console_socket:

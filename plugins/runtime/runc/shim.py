@@ -791,10 +791,12 @@ class Shim:
         io = dict(params.get("io") or {})
         c.init.io = io
         pid_file = os.path.join(bundle, "init.pid")
+        start = bool(params.get("start"))  # create and start at once (runc run --detach)
+        args_for = R.run_args if start else R.create_args
         self.creating.add((ns, id))
         try:
             yield from self._spawn_with_io(c, c.init, io, fds,
-                                           lambda cs: R.create_args(bundle, pid_file, id, cs))
+                                           lambda cs: args_for(bundle, pid_file, id, cs))
         finally:
             self.creating.discard((ns, id))
             _close_list(fds)
@@ -802,11 +804,21 @@ class Shim:
             pid = int(f.read().strip())
         self.containers[(ns, id)] = c
         self.had_container = True
-        self._register_pid(c.init, pid)
-        self.publish(c, "/tasks/create", {"container_id": id, "bundle": bundle, "pid": pid,
-                                          "io": {k: _show(io.get(k)) for k in ("stdin", "stdout", "stderr")}
-                                          | {"terminal": bool(io.get("terminal"))}})
-        return {"pid": pid}
+        created = {"container_id": id, "bundle": bundle, "pid": pid,
+                   "io": {k: _show(io.get(k)) for k in ("stdin", "stdout", "stderr")}
+                   | {"terminal": bool(io.get("terminal"))}}
+        if start:
+            # both events before the pid is known to the reaper: an exit that already happened is
+            # published after them, in containerd's order
+            c.init.pid = pid
+            c.init.status = "running"
+            self.publish(c, "/tasks/create", created)
+            self.publish(c, "/tasks/start", {"container_id": id, "pid": pid})
+            self._register_pid(c.init, pid)
+        else:
+            self._register_pid(c.init, pid)
+            self.publish(c, "/tasks/create", created)
+        return {"pid": pid, "started": start}
 
     def rpc_start(self, params: dict[str, Any], fds: list[int], conn: Conn, rid: Any) -> Any:
         c = self._cont(params)
