@@ -98,23 +98,13 @@ class MetadataDB:
             yield self._local.tx
             return
         conn = self.conn
-        _begin(conn)
         tx = Tx(conn)
-        self._local.depth, self._local.tx = 1, tx
         try:
-            yield tx
-        except BaseException:
+            with write_transaction(conn, f"metadata database {self.path}"):
+                self._local.depth, self._local.tx = 1, tx
+                yield tx
+        finally:
             self._local.depth = 0
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        self._local.depth = 0
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise Internal(f"metadata commit failed: {e}") from None
         for fn in tx._after:
             try:
                 fn()
@@ -222,7 +212,7 @@ class MetadataDB:
         self._local = threading.local()
 
 
-def _begin(conn: sqlite3.Connection) -> None:
+def _begin(conn: sqlite3.Connection, what: str = "the metadata database") -> None:
     # BEGIN IMMEDIATE takes the write lock now, so the busy timeout applies here and not at a later
     # statement that cannot be retried; SQLITE_BUSY past the timeout is retried a few times more.
     for attempt in range(5):
@@ -233,7 +223,27 @@ def _begin(conn: sqlite3.Connection) -> None:
             if "locked" not in str(e) and "busy" not in str(e):
                 raise
             time.sleep(0.05 * (attempt + 1))
-    raise Unavailable("the metadata database stayed locked by another process for too long")
+    raise Unavailable(f"{what} stayed locked by another process for too long")
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` (retried while another process holds the lock), then COMMIT, or ROLLBACK
+    when the block raises; a failed COMMIT is rolled back and raised as Internal.  Shared by every
+    SQLite store of pyctr (the metadata database, the snapshotters' own)."""
+    _begin(conn, what)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise Internal(f"{what}: commit failed: {e}") from None
 
 
 def _split(script: str) -> list[str]:

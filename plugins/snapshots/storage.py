@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyctr.errdefs import AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
+from pyctr.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from pyctr.identifiers import validate_labels
 from pyctr.snapshots import Info, Kind, Mount, Usage, apply_label_update, validate_key
 
@@ -99,30 +99,15 @@ class MetaStore:
         if getattr(self._local, "depth", 0):
             yield self.conn
             return
+        from pyctr.metadata.db import write_transaction
+
         conn = self.conn
-        for attempt in range(6):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as e:
-                if attempt == 5 or ("locked" not in str(e) and "busy" not in str(e)):
-                    raise Unavailable(f"snapshot metadata {self.path} stayed locked: {e}") from None
-                time.sleep(0.05 * (attempt + 1))
-        self._local.depth = 1
         try:
-            yield conn
-        except BaseException:
+            with write_transaction(conn, f"snapshot metadata {self.path}"):
+                self._local.depth = 1
+                yield conn
+        finally:
             self._local.depth = 0
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        self._local.depth = 0
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise Internal(f"snapshot metadata commit failed: {e}") from None
 
     def close(self) -> None:
         with self._lock:
