@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _servers import start_containerd
+
 CACHE = Path("/var/tmp/pyctr-bench")
 SOURCES = ["usr/lib/python3.11", "usr/share/vim", "usr/share/perl", "usr/lib/git-core", "usr/share/i18n"]
 
@@ -179,18 +181,7 @@ class Containerd:
     def start(self) -> None:
         self.stop()
         self.base.mkdir(parents=True)
-        cfg = self.base / "config.toml"
-        cfg.write_text(f'version = 2\nroot = "{self.base}/root"\nstate = "{self.base}/state"\n'
-                       'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-                       f'[grpc]\n  address = "{self.sock}"\n[ttrpc]\n  address = "{self.sock}.ttrpc"\n'
-                       f'[debug]\n  address = "{self.base}/debug.sock"\n')
-        self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        for _ in range(200):
-            if subprocess.run(["ctr", "-a", self.sock, "version"], capture_output=True).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise SystemExit("containerd did not start")
+        self.proc = start_containerd(self.base, self.sock)
 
     def stop(self, remove: bool = True) -> None:
         if self.proc is not None:

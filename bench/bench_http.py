@@ -26,41 +26,17 @@ import hashlib
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from _servers import start_registry
+
 BUF = 1 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_registry(base: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    addr = f"127.0.0.1:{port}"
-    cfg = base / "config.yml"
-    cfg.write_text(f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n"
-                   f"  filesystem:\n    rootdirectory: {base / 'data'}\nhttp:\n  addr: {addr}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://{addr}/v2/", timeout=1).close()
-            return proc, addr
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("docker-registry did not start")
 
 
 def upload(addr: str, repo: str, data: bytes) -> str:

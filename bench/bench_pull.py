@@ -23,24 +23,18 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from _servers import start_containerd, start_registry
 
 LAYER_SOURCES = [("/usr/lib/x86_64-linux-gnu", 70 << 20), ("/usr/share", 70 << 20), ("/usr/bin", 50 << 20)]
 RANDOM_LAYER = 24 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tar_dir(root: str, limit: int) -> bytes:
@@ -107,23 +101,6 @@ def build_image(cache: Path) -> Path:
     return layout
 
 
-def start_registry(base: Path) -> tuple[subprocess.Popen[bytes], str]:
-    addr = f"127.0.0.1:{free_port()}"
-    cfg = base / "registry.yml"
-    cfg.write_text(f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n"
-                   f"  filesystem:\n    rootdirectory: {base / 'registry'}\nhttp:\n  addr: {addr}\n")
-    proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://{addr}/v2/", timeout=1).close()
-            return proc, addr
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("docker-registry did not start")
-
-
 class Containerd:
     def __init__(self, base: Path) -> None:
         self.base = base
@@ -136,18 +113,7 @@ class Containerd:
     def start(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
         self.base.mkdir(parents=True)
-        cfg = self.base / "config.toml"
-        cfg.write_text(f'version = 2\nroot = "{self.base}/root"\nstate = "{self.base}/state"\n'
-                       'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-                       f'[grpc]\n  address = "{self.sock}"\n[ttrpc]\n  address = "{self.sock}.ttrpc"\n'
-                       f'[debug]\n  address = "{self.base}/debug.sock"\n')
-        self.proc = subprocess.Popen(["containerd", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            if subprocess.run(["ctr", "-a", self.sock, "version"], capture_output=True).returncode == 0:
-                return
-            time.sleep(0.05)
-        raise SystemExit("containerd did not start")
+        self.proc = start_containerd(self.base, self.sock, tries=100)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -203,7 +169,7 @@ def main() -> None:
     manifest = json.loads((layout / "blobs" / "sha256" / mdesc["digest"][7:]).read_bytes())
     total = sum(ly["size"] for ly in manifest["layers"]) + manifest["config"]["size"] + mdesc["size"]
     base = Path(tempfile.mkdtemp(prefix="bench-pull-", dir=args.dir))
-    reg, addr = start_registry(base)
+    reg, addr = start_registry(base, "registry")
     ctd = Containerd(base / "ctd")
     ref = f"{addr}/bench/pull:1"
     results: dict[str, list[float]] = {}
