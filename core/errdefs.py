@@ -22,7 +22,9 @@ status).  Messages say what failed and, where it helps, what the user can do abo
 
 from __future__ import annotations
 
-from typing import ClassVar
+TYPE_CHECKING = False  # not typing's: importing pyctr stays cheap for ``pyctr run``
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class PyctrError(Exception):

@@ -19,9 +19,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not typing's: the client side of ``pyctr run`` does without importing typing
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .client import Client
     from .oci import RunOptions
     from .runtime import ProcessIO, Task

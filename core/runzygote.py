@@ -24,7 +24,10 @@ import os
 import socket
 import struct
 import sys
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: this is on the client side of every ``pyctr run``
+if TYPE_CHECKING:
+    from typing import Any
 
 MARKER = "pyctr-run-zygote"
 DEFAULT_IDLE = 30.0
