@@ -708,3 +708,49 @@ def test_shim_forgets_stopped_tasks_whose_bundle_is_gone(tmp_path: Path, rootfs:
         rt._remove_runc_state(NS, "gone")
         sh.rmtree(rt.bundle(NS, "gone").path)  # the state directory was wiped under a stopped task
         assert wait_gone(shim, timeout=5), "the shim kept a task nobody can delete"
+
+
+def test_stopped_task_deleted_without_runc_only_in_the_plain_case(tmp_path: Path, rootfs: Path) -> None:
+    """A stopped task's delete removes its cgroups and runc state itself (no ``runc delete``), but
+    leaves anything runc must do (poststop hooks) and running tasks to runc."""
+    from pyctr.plugins.runtime.runc import runc as R
+
+    calls = tmp_path / "runc-calls"
+    wrapper = tmp_path / "runc-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >>{calls}\nexec {shutil.which("runc")} "$@"\n')
+    wrapper.chmod(0o755)
+    with runtime(tmp_path / "state", runc_binary=str(wrapper)) as rt:
+        root = Path(rt.runc_root_for(NS))
+
+        def deletes(id: str) -> int:
+            return sum(1 for line in calls.read_text().splitlines() if " delete" in line and line.endswith(id))
+
+        plain = rt.create(NS, "plain", busybox_spec(rootfs, ["true"]), bind_mounts(rootfs), ProcessIO())
+        plain.start()
+        plain.wait(timeout=20)
+        assert (root / "plain" / "state.json").exists() and cgroups.exists(rt.cgroup_path(NS, "plain"))
+        plain.delete()
+        assert deletes("plain") == 0
+        assert not (root / "plain").exists() and not cgroups.exists(rt.cgroup_path(NS, "plain"))
+        assert R.delete_stopped(str(root), "plain")  # already gone: nothing to do
+
+        marker = tmp_path / "poststop-ran"
+        spec = busybox_spec(rootfs, ["true"])
+        spec["hooks"] = {"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", f"touch {marker}"]}]}
+        hooked = rt.create(NS, "hooked", spec, bind_mounts(rootfs), ProcessIO())
+        hooked.start()
+        hooked.wait(timeout=20)
+        assert not R.delete_stopped(str(root), "hooked")
+        assert (root / "hooked" / "state.json").exists() and cgroups.exists(rt.cgroup_path(NS, "hooked"))
+        hooked.delete()
+        assert deletes("hooked") == 1 and marker.exists()  # runc ran the hook
+        assert not (root / "hooked").exists() and not cgroups.exists(rt.cgroup_path(NS, "hooked"))
+
+        live = rt.create(NS, "live", busybox_spec(rootfs, ["sleep", "30"]), bind_mounts(rootfs), ProcessIO())
+        live.start()
+        assert not R.delete_stopped(str(root), "live")
+        assert (root / "live" / "state.json").exists() and cgroups.exists(rt.cgroup_path(NS, "live"))
+        live.kill(signal.SIGKILL)
+        live.wait(timeout=20)
+        live.delete()
+        assert not (root / "live").exists() and not cgroups.exists(rt.cgroup_path(NS, "live"))

@@ -991,11 +991,12 @@ class Shim:
         if p.status in ("running", "paused") and not force:
             raise ShimError("failed_precondition",
                             f"task {c.id!r} is {p.status}: stop it first (kill) or delete with force")
-        try:
-            yield from self._runc(c, R.delete_args(c.id, force=force or p.status != "stopped"))
-        except ShimError as e:
-            if not R.is_not_exist(e.message):
-                raise
+        if p.status != "stopped" or not R.delete_stopped(c.runc[c.runc.index("--root") + 1], c.id):
+            try:
+                yield from self._runc(c, R.delete_args(c.id, force=force or p.status != "stopped"))
+            except ShimError as e:
+                if not R.is_not_exist(e.message):
+                    raise
         if p.status != "stopped":
             self._wait_for(p)
         for ep in list(c.execs.values()):
