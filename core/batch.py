@@ -323,6 +323,7 @@ class Batch:
         # less CPU per container measured here); the container's own environment comes from its spec
         self._runc_env = {**os.environ, "GOMAXPROCS": "1"}
         self._bundles = ""
+        self._scratch = False
         self._lock_fd = -1
         self._janitor: ThreadPoolExecutor | None = None
         svc.store  # noqa: B018 -- the containers table exists before the first chunk's insert
@@ -452,7 +453,7 @@ class Batch:
             mounted = True
             mounts = [Mount.from_dict(m) for m in it.mounts]
             mount_all(mounts, rootfs)
-            argv = [self.rt.runc_path, "--root", self.rt.runc_root_for(self.ns), "--log", runc_log,
+            argv = [self.rt.runc_path, "--root", self._runc_root(), "--log", runc_log,
                     "--log-format", "json", "run", "--bundle", path, "--pid-file", it.pid_file, it.id]
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             try:
@@ -542,8 +543,15 @@ class Batch:
         self._lock_fd = fd
         d = base / self.batch_id
         d.mkdir(mode=0o700, exist_ok=True)
+        self._scratch = _mount_scratch(str(d))
+        os.makedirs(os.path.join(d, "runc"), mode=0o700, exist_ok=True)
         self._bundles = str(d)
         return self._bundles
+
+    def _runc_root(self) -> str:
+        """runc's ``--root`` for this batch's direct containers: in the batch's own scratch directory
+        (they are never tasks of the runtime plugin; runc's state files come and go with them)."""
+        return os.path.join(self._bundle_dir(), "runc")
 
     def _clear_stale(self, base: Any) -> None:
         import fcntl
@@ -561,15 +569,18 @@ class Batch:
                 except BlockingIOError:
                     continue  # that batch still runs
                 d = lock[:-len(".lock")]
+                runc_root = os.path.join(d, "runc")
                 for cid in os.listdir(d) if os.path.isdir(d) else []:
+                    if cid == "runc":
+                        continue
                     log.warning("batch: clearing container %s left by a batch that died", cid)
                     with contextlib.suppress(Exception):
                         unmount(os.path.join(d, cid, "rootfs"), lazy=True, retries=2)
                     with contextlib.suppress(Exception):
-                        self._runc_delete(cid)
+                        self._runc_delete(cid, runc_root)
                     _remove_bundle(os.path.join(d, cid), os.path.join(d, cid, "rootfs"))
-                with contextlib.suppress(OSError):
-                    os.rmdir(d)
+                if not _release_scratch(d):
+                    continue  # something is still mounted in there: try again next time
                 os.unlink(lock)
             finally:
                 os.close(fd)
@@ -577,8 +588,7 @@ class Batch:
     def _release_bundle_dir(self) -> None:
         if not self._bundles:
             return
-        with contextlib.suppress(OSError):
-            os.rmdir(self._bundles)  # empty unless something could not be removed
+        _release_scratch(self._bundles)  # unmounted and removed unless something could not be removed
         if self._lock_fd >= 0:
             if not os.path.isdir(self._bundles):
                 with contextlib.suppress(OSError):
@@ -587,10 +597,10 @@ class Batch:
             self._lock_fd = -1
         self._bundles = ""
 
-    def _runc_delete(self, cid: str) -> None:
+    def _runc_delete(self, cid: str, runc_root: str = "") -> None:
         import subprocess
 
-        subprocess.run([self.rt.runc_path, "--root", self.rt.runc_root_for(self.ns), "delete", "--force", cid],
+        subprocess.run([self.rt.runc_path, "--root", runc_root or self._runc_root(), "delete", "--force", cid],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=30, check=False)
         from pyctr.plugins.runtime.runc import cgroups
@@ -795,6 +805,46 @@ class Batch:
         finally:
             if restore is not None:
                 signal.signal(signal.SIGINT, restore)
+
+
+def _mount_scratch(path: str) -> bool:
+    """Mount a private tmpfs on ``path`` (the batch's bundles and runc state): they are written and
+    removed for every container, ~10 files each; on a disk file system that churn of inodes costs CPU
+    (ext4 without a journal scans past recently deleted inodes on every allocation: ~10 % of a batch's
+    CPU measured here), on tmpfs it is free.  False (a plain directory) when the mount is refused."""
+    from .mount import MS_NODEV, MS_NOSUID, _sys_mount
+
+    try:
+        _sys_mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0700")
+    except PyctrError as e:
+        log.debug("batch: no tmpfs for %s (%s): bundles on the state directory's file system", path, e)
+        return False
+    return True
+
+
+def _release_scratch(path: str) -> bool:
+    """Unmount (if mounted) and remove a batch's scratch directory; False if something in it stays."""
+    from .mount import is_mountpoint, unmount
+
+    runc_root = os.path.join(path, "runc")
+    with contextlib.suppress(OSError):
+        os.rmdir(runc_root)  # empty once runc removed every container's state
+    try:
+        left = os.listdir(path)
+    except FileNotFoundError:
+        return True
+    if left:
+        log.warning("batch: %s left in place: %s", path, ", ".join(sorted(left)[:5]))
+        return False
+    if is_mountpoint(path):
+        try:
+            unmount(path, lazy=True, retries=2)
+        except PyctrError as e:
+            log.warning("batch: unmounting %s: %s", path, e)
+            return False
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+    return True
 
 
 def _remove_bundle(path: str, rootfs: str) -> None:

@@ -75,8 +75,9 @@ class Env:
         return out
 
     def runc_states_left(self) -> list[str]:
-        d = self.runtime_state / "runc" / "default"
-        return sorted(os.listdir(d)) if d.is_dir() else []
+        """runc's container states: the runtime's, and those of direct batches (in their scratch)."""
+        roots = [self.runtime_state / "runc" / "default", *(self.runtime_state / ".batch" / "default").glob("*/runc")]
+        return sorted(c for d in roots if d.is_dir() for c in os.listdir(d))
 
     def shim_pids(self, *, with_zygote: bool = False, exclude: tuple[int, ...] = ()) -> list[int]:
         from pyctr.plugins.runtime.runc.manager import RuncRuntime, _ping
