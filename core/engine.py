@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .errdefs import FailedPrecondition
-from .registry import PluginStatus, Registry, make_plugin_manager
+from .registry import PluginStatus, Registry, make_plugin_manager, take_prebuilt_plugin_manager
 
 if TYPE_CHECKING:
     import pluggy
@@ -26,7 +26,9 @@ log = logging.getLogger("pyctr.engine")
 class Engine:
     def __init__(self, config: Config, plugin_manager: pluggy.PluginManager | None = None) -> None:
         self.config = config
-        self.pm = plugin_manager if plugin_manager is not None else make_plugin_manager()
+        if plugin_manager is None:
+            plugin_manager = take_prebuilt_plugin_manager() or make_plugin_manager()
+        self.pm = plugin_manager
         self.registry = Registry(config, self.pm)
         self.registry.events_source = lambda: self.events
         self.registry.load_from_plugin_manager()

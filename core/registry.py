@@ -423,6 +423,18 @@ class Registry:
                         log.warning("closing plugin %s failed", pid, exc_info=True)
 
 
+#: A plugin manager with every installed plugin, made ahead by a warm process (the run zygote) for the
+#: next engine of this process to take (:func:`take_prebuilt_plugin_manager`).
+PREBUILT_PLUGIN_MANAGER: list[pluggy.PluginManager] = []
+
+
+def take_prebuilt_plugin_manager() -> pluggy.PluginManager | None:
+    """The plugin manager made ahead for this process, once; None when there is none."""
+    if PREBUILT_PLUGIN_MANAGER and not os.environ.get("PYCTR_NO_PLUGIN_AUTOLOAD"):
+        return PREBUILT_PLUGIN_MANAGER.pop()
+    return None
+
+
 def make_plugin_manager(load_entrypoints: bool = True, blocked: Iterable[str] = ()) -> pluggy.PluginManager:
     """A pluggy manager with pyctr's hook specifications and, by default, every installed plugin."""
     import pluggy

@@ -653,9 +653,8 @@ def _take_value(argv: list[str], i: int, tok: str) -> tuple[str, int]:
     return argv[i + 1], i + 2
 
 
-def parse_run_argv(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
-    """``(global options, run flags, image, command)`` of ``[globals] run [flags] IMAGE [CMD...]``;
-    :class:`_Unsupported` for anything else."""
+def parse_globals(argv: list[str]) -> tuple[dict[str, Any], int]:
+    """The global options leading ``argv`` and the index of the command after them."""
     g: dict[str, Any] = {"debug": False}
     i = 0
     while i < len(argv):
@@ -669,6 +668,17 @@ def parse_run_argv(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], str
             g[_GLOBAL_VALUE[key]], i = _take_value(argv, i, tok)
             continue
         break
+    return g, i
+
+
+#: Commands a zygote runs through the typer application (no fast path of their own), by their words.
+ZYGOTE_CLI_COMMANDS = (("batch", "run"),)
+
+
+def parse_run_argv(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
+    """``(global options, run flags, image, command)`` of ``[globals] run [flags] IMAGE [CMD...]``;
+    :class:`_Unsupported` for anything else."""
+    g, i = parse_globals(argv)
     if i >= len(argv) or argv[i] != "run":
         raise _Unsupported
     i += 1
@@ -794,7 +804,12 @@ def _zygote_state(argv: list[str]) -> str:
     try:
         g, _flags, _image, _args = parse_run_argv(argv)
     except _Unsupported:
-        return ""
+        try:
+            g, i = parse_globals(argv)
+        except _Unsupported:
+            return ""
+        if tuple(argv[i:i + 2]) not in ZYGOTE_CLI_COMMANDS or "--help" in argv[i:]:
+            return ""
     if g.get("address"):
         return ""
     state = g.get("state") or os.environ.get("PYCTR_STATE")
@@ -829,4 +844,39 @@ def main(argv: list[str] | None = None) -> Any:
         os._exit(rv)
     from .cli import main as cli_main
 
-    return cli_main(argv)
+    global _LEAVE_ZYGOTE
+    _LEAVE_ZYGOTE = state
+    try:
+        return cli_main(argv)
+    finally:
+        _leave_zygote()
+
+
+#: The state directory whose zygote this process leaves behind when it ends ("" for none).
+_LEAVE_ZYGOTE = ""
+#: Set in a zygote's child: the process ends by returning to the zygote's code, never ``os._exit``.
+IN_ZYGOTE_CHILD = False
+
+
+def _leave_zygote() -> None:
+    """A command the zygote serves (``batch run``), run without one: leave one, warm with what this
+    process imported, for the next."""
+    global _LEAVE_ZYGOTE
+    state, _LEAVE_ZYGOTE = _LEAVE_ZYGOTE, ""
+    if state and not IN_ZYGOTE_CHILD:
+        from . import runzygote
+
+        runzygote.spawn(state, sorted(sys.modules))
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` at once, skipping interpreter teardown (and the engine's close:
+    closing SQLite checkpoints its WAL, which the next open does anyway).  In a zygote's child, leave
+    through :class:`SystemExit` so the zygote reports the status to the waiting client."""
+    for f in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            f.flush()
+    if IN_ZYGOTE_CHILD:
+        raise SystemExit(code)
+    _leave_zygote()
+    os._exit(code)

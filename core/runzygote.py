@@ -359,6 +359,7 @@ def _child(conn: socket.socket, req: dict[str, Any], fds: list[int]) -> None:
         os.environ.update({str(k): str(v) for k, v in dict(req.get("env") or {}).items()})
         from . import runner
 
+        runner.IN_ZYGOTE_CHILD = True
         runner._T0 = 0.0
         runner.trace("zygote child")
         sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
@@ -368,8 +369,19 @@ def _child(conn: socket.socket, req: dict[str, Any], fds: list[int]) -> None:
                                       errors="backslashreplace", line_buffering=True)
         from .runner import fast_main
 
-        got = fast_main([str(a) for a in req.get("argv") or []], close=False)
-        rc = 2 if got is None else got
+        argv = [str(a) for a in req.get("argv") or []]
+        got = fast_main(argv, close=False)
+        if got is None:  # a command without a fast path (``batch run``): the typer application
+            from . import registry
+
+            pm = runner.PREBUILT.pop("pm", None)
+            if pm is not None:
+                registry.PREBUILT_PLUGIN_MANAGER[:] = [pm]
+            from .cli import main as cli_main
+
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a fresh interpreter
+            got = cli_main(argv)
+        rc = got if isinstance(got, int) else 0
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else 1
     except BaseException as e:  # report instead of dying silently

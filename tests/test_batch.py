@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -126,6 +127,10 @@ def env(tmp_root: Roots) -> Iterator[Env]:
             from pyctr.plugins.runtime.runc.manager import RuncRuntime
 
             RuncRuntime(e.runtime_state, load=False).stop_zygote()
+        with contextlib.suppress(Exception):
+            from pyctr import runzygote
+
+            runzygote.stop(str(e.roots.state))  # ``batch run`` leaves a warm zygote, as ``run`` does
         for pid in e.shim_pids(with_zygote=True):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -282,4 +287,49 @@ def test_a_later_batch_clears_what_a_killed_batch_left(env: Env) -> None:
     # the dead batch's records are still there, for batch rm
     assert sorted(env.ok("containers", "ls", "-q").split()) == [f"dead-{i}" for i in range(4)]
     env.ok("batch", "rm", "dead")
+    env.assert_nothing_left()
+
+
+def test_batch_run_served_by_the_zygote(env: Env) -> None:
+    """``batch run`` leaves a warm zygote behind (as ``run`` does); the next ``batch run`` is its
+    child: results, exit status, usage errors and Ctrl-C go through it, and nothing is left."""
+    from pyctr import runzygote
+
+    sock = runzygote.socket_path(str(env.roots.state))
+    assert [r["exit_status"] for r in _lines(env.ok("batch", "run", "--count", "2", "--rm", "--format", "json",
+                                                   IMAGE, "true"))] == [0, 0]
+    deadline = time.monotonic() + 20
+    while not os.path.exists(runzygote.pid_path(sock)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    zpid = int(Path(runzygote.pid_path(sock)).read_text())
+    # try_run returns None when the zygote does not serve the command line: these are served
+    code = "import sys; from pyctr import runzygote; sys.exit(runzygote.try_run(sys.argv[1], sys.argv[2:]))"
+
+    def served(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([os.path.realpath(sys.executable), "-c", code, str(env.roots.state),
+                               *env.roots.args(), *args], capture_output=True, text=True, env=child_env(), timeout=60)
+
+    p = served("batch", "run", "--count", "3", "--rm", "--format", "json", "--name", "zb", IMAGE, "sh", "-c", "exit 4")
+    assert p.returncode == 0, p.stderr
+    assert sorted((r["id"], r["exit_status"]) for r in _lines(p.stdout)) == [(f"zb-{i}", 4) for i in range(3)]
+    p = served("batch", "run", "--count", "1", "--no-such-flag", IMAGE, "true")
+    assert p.returncode == 2 and "no-such-flag" in p.stderr
+    p = served("batch", "run", "--count", "2", "--rm", "no/such:image", "true")
+    assert p.returncode != 0 and "Traceback" not in p.stderr and p.stderr.strip()
+    proc = subprocess.Popen(env.cmd("batch", "run", "--count", "50", "--parallel", "2", "--rm", "--format", "json",
+                                    IMAGE, "sleep", "30"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        deadline = time.monotonic() + 20
+        while len(env.runc_states_left()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(env.runc_states_left()) >= 2, "the batch did not start its containers"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert Path(f"/proc/{zpid}").exists()  # the zygote served it and lives on
     env.assert_nothing_left()

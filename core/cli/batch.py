@@ -211,9 +211,9 @@ def run(
     if not client.remote:
         # as ``pyctr run`` does: leave without closing the engine -- closing SQLite checkpoints its WAL
         # (after a batch, a few fsyncs: more than the rest of the teardown); the next open does it
-        for f in (sys.stdout, sys.stderr):
-            f.flush()
-        os._exit(1 if failed else 0)
+        from ..runner import exit_now
+
+        exit_now(1 if failed else 0)
     if failed:
         raise typer.Exit(1)
 
