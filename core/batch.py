@@ -17,8 +17,15 @@ Where the time goes, and what is done about it (figures in ``bench/RESULTS.md``)
 * **Per container**, run to completion (the default): one ``runc run`` (create, start, wait and delete
   in one invocation -- a third of the runc processes of create + start + delete) spawned with
   ``posix_spawn`` and supervised by the batch itself, which waits for it anyway; the rootfs is mounted
-  into a bundle in the runtime's state directory (``load()`` of the runtime removes such a bundle
-  left by a crash).  No per-container interpreter, no shim round trips.
+  into a bundle on the batch's own tmpfs in the runtime's state directory, beside runc's state (a
+  later batch clears what a crashed one left).  No per-container interpreter, no shim round trips.
+* **Writable layers of ``rm`` batches** (``rootfs="tmpfs"``, the default with ``rm`` on the overlayfs
+  snapshotter): each container's overlay upper and work directories live on that tmpfs, over one
+  read-only view of the image (a snapshot per batch, not per container): no snapshot record and no
+  directories on disk per container.  What a container writes to its root file system is memory,
+  charged to its memory cgroup, and gone with it -- as ``--rm`` means.  ``rootfs="snapshot"`` gives
+  each container an active snapshot of the snapshotter instead (the only way without ``rm``, where
+  the containers stay for inspection).
 * **Per container, detached** (``detach``): the containers must outlive the caller, so they are
   tasks of the runtime plugin, put in shared shims of ``group_size`` containers each (``group=``
   of :meth:`pyctr.runtime.Runtime.create`): one Python shim per group instead of one per container.
@@ -251,6 +258,17 @@ class _Template:
 
 
 @dataclass
+class _Lower:
+    """A batch's read-only view of an image, under the containers' transient writable layers."""
+
+    key: str  # the view snapshot
+    options: list[str]  # a container rootfs's overlay options but upperdir and workdir
+    mounts: list[Any]  # the view's mounts
+    uid: int  # owner of the image's root directory
+    gid: int
+
+
+@dataclass
 class _Item:
     index: int
     entry: BatchSpec
@@ -265,6 +283,7 @@ class _Item:
     made: bool = False  # snapshot and record exist
     task: Any = None  # shim mode: the task while it runs
     mounted: bool = False  # direct mode: the rootfs mount point was made
+    transient: bool = False  # writable layer on the batch's tmpfs (no snapshot of its own)
 
 
 class Batch:
@@ -272,7 +291,7 @@ class Batch:
 
     def __init__(self, svc: Any, ns: str, entries: Sequence[BatchSpec], *, parallel: int = 8,
                  rm: bool = False, detach: bool = False, group_size: int = 50, batch_id: str = "",
-                 labels: Mapping[str, str] | None = None, mode: str = "auto") -> None:
+                 labels: Mapping[str, str] | None = None, mode: str = "auto", rootfs: str = "auto") -> None:
         from .identifiers import validate_identifier
 
         if rm and detach:
@@ -285,6 +304,11 @@ class Batch:
             raise InvalidArgument(f"batch mode {mode!r}: auto, direct or shim")
         if detach and mode == "direct":
             raise InvalidArgument("detached containers need shims: mode direct is for run-to-completion")
+        if rootfs not in ("auto", "tmpfs", "snapshot"):
+            raise InvalidArgument(f"batch rootfs {rootfs!r}: auto, tmpfs or snapshot")
+        if rootfs == "tmpfs" and (not rm or detach or mode == "shim"):
+            raise InvalidArgument("--rootfs tmpfs is for --rm batches run to completion: without --rm the "
+                                  "containers stay, and their root file systems with them")
         self.svc = svc
         self.ns = ns
         self.parallel = parallel
@@ -292,6 +316,9 @@ class Batch:
         self.detach = detach
         self.group_size = group_size
         self.mode = "shim" if detach or mode == "shim" else "direct"
+        #: writable layers on the batch's tmpfs ("tmpfs") or active snapshots ("snapshot")
+        self.rootfs = "tmpfs" if rootfs != "snapshot" and rm and self.mode == "direct" else "snapshot"
+        self._lowers: dict[str, _Lower | None] = {}  # by image name
         self.batch_id = batch_id or new_batch_id()
         validate_identifier(self.batch_id, "batch id")
         self.labels = dict(labels or {})
@@ -309,6 +336,7 @@ class Batch:
             seen.add(cid)
             self.items.append(_Item(i, e, cid))
         self._images: dict[str, _Image] = {}
+        self._views: list[tuple[_Image, str]] = []  # (image, view key) made by _lower
         self._templates: dict[str, _Template] = {}
         self._lock = threading.Lock()
         self._running: dict[str, _Item] = {}
@@ -348,6 +376,60 @@ class Batch:
                                                  lambda cid: str(self.rt.cgroup_path(self.ns, cid)), mounts)
         return t
 
+    def _lower(self, image: _Image) -> _Lower | None:
+        """The read-only view of ``image`` that this batch's transient writable layers go over (None
+        when the snapshotter's mounts are not overlay or bind mounts of directories: then each container
+        gets an active snapshot)."""
+        if image.name in self._lowers:
+            return self._lowers[image.name]
+        from .mount import _split_lowerdirs
+
+        got: _Lower | None = None
+        if image.sn_name == "overlayfs":
+            key = f"{self.batch_id}-lower-{len(self._lowers)}"
+            # a GC root while the batch runs (the image could be removed meanwhile); labelled with the
+            # batch id, so a later batch removes it if this one dies
+            mounts = image.sn.view(self.ns, key, image.top, labels={LABEL_BATCH_ID: self.batch_id,
+                                                                    "containerd.io/gc.root": "batch"})
+            self._views.append((image, key))
+            opts: list[str] = []
+            lowers: list[str] = []
+            if len(mounts) == 1 and mounts[0].type == "bind":
+                lowers = [mounts[0].source]
+                opts = ["index=off"] if os.path.exists("/sys/module/overlay/parameters/index") else []
+            elif len(mounts) == 1 and mounts[0].type == "overlay":
+                for o in mounts[0].options:
+                    if o.startswith("lowerdir="):
+                        lowers = _split_lowerdirs(o[len("lowerdir="):])
+                    elif not o.startswith(("upperdir=", "workdir=")):
+                        opts.append(o)
+            if lowers:
+                st = os.stat(lowers[0])  # the writable layer's root takes the image's owner, as a snapshot's
+                got = _Lower(key, [*opts, "lowerdir=" + ":".join(lowers)], mounts, st.st_uid, st.st_gid)
+        self._lowers[image.name] = got
+        return got
+
+    def _remove_dead_views(self, batch_id: str) -> None:
+        """The image views a batch that died left (see :meth:`_lower`)."""
+        try:
+            sn = self.md.snapshotter("overlayfs")
+            keys = [i.name for i in sn.walk(self.ns, f'labels."{LABEL_BATCH_ID}"=={batch_id}')]
+        except Exception:
+            return  # no overlayfs snapshotter: no views
+        for key in keys:
+            with contextlib.suppress(Exception):
+                sn.remove(self.ns, key)
+
+    def _remove_views(self) -> None:
+        for image, key in self._views:
+            try:
+                image.sn.remove(self.ns, key)
+            except NotFound:
+                pass
+            except Exception:
+                log.warning("batch %s: removing the view %s failed", self.batch_id, key, exc_info=True)
+        self._views.clear()
+
     # -- records -------------------------------------------------------------------------------------
 
     def _make_chunk(self, chunk: list[_Item]) -> list[_Item]:
@@ -370,20 +452,25 @@ class Batch:
                     if tx.execute("SELECT 1 FROM containers WHERE ns=? AND id=?", (self.ns, it.id)).fetchone():
                         raise AlreadyExists(f"container {it.id!r} already exists in namespace {self.ns!r}")
                     sn = it.image.sn
-                    try:
-                        mounts = sn.prepare(self.ns, it.id, it.image.top)
-                    except PyctrError as e:
-                        if "already exists" in str(e):
-                            raise AlreadyExists(f"snapshot {it.id!r} already exists: remove it or choose "
-                                                "another id") from None
-                        raise
-                    it.mounts = [m.to_dict() for m in mounts]
+                    lower = self._lower(it.image) if self.rootfs == "tmpfs" else None
+                    if lower is not None:
+                        it.transient = True
+                        mounts = lower.mounts  # the image's layers, for user and group look-ups
+                    else:
+                        try:
+                            mounts = sn.prepare(self.ns, it.id, it.image.top)
+                        except PyctrError as e:
+                            if "already exists" in str(e):
+                                raise AlreadyExists(f"snapshot {it.id!r} already exists: remove it or choose "
+                                                    "another id") from None
+                            raise
+                        it.mounts = [m.to_dict() for m in mounts]
                     t = it.template = self._template(it, mounts)
                     now = now_ns()
                     tx.execute(
                         "INSERT INTO containers(ns, id, image, snapshotter, snapshot_key, runtime, spec, labels, "
                         "extensions, created_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
-                        (self.ns, it.id, it.image.name, it.image.sn_name, it.id,
+                        (self.ns, it.id, it.image.name, it.image.sn_name, "" if it.transient else it.id,
                          '{"name":"' + DEFAULT_RUNTIME + '","options":{}}', t.record_spec(it.id),
                          json.dumps(labels, separators=(",", ":"), sort_keys=True), t.opts_json, now, now))
                     tx.execute("RELEASE batch_entry")
@@ -405,7 +492,7 @@ class Batch:
             for it in chunk:
                 if not it.made:
                     continue
-                if it.image is not None:
+                if it.image is not None and not it.transient:
                     with contextlib.suppress(NotFound):
                         try:
                             it.image.sn.remove(self.ns, it.id)
@@ -451,7 +538,18 @@ class Batch:
                 os.close(fd)
             os.mkdir(rootfs, 0o711)
             mounted = True
-            mounts = [Mount.from_dict(m) for m in it.mounts]
+            if it.transient:
+                assert it.image is not None
+                lower = self._lowers[it.image.name]
+                assert lower is not None
+                upper, work = os.path.join(path, "upper"), os.path.join(path, "work")
+                os.mkdir(upper, 0o755)
+                if lower.uid or lower.gid:
+                    os.chown(upper, lower.uid, lower.gid)
+                os.mkdir(work, 0o711)
+                mounts = [Mount("overlay", "overlay", [f"workdir={work}", f"upperdir={upper}", *lower.options])]
+            else:
+                mounts = [Mount.from_dict(m) for m in it.mounts]
             mount_all(mounts, rootfs)
             argv = [self.rt.runc_path, "--root", self._runc_root(), "--log", runc_log,
                     "--log-format", "json", "run", "--bundle", path, "--pid-file", it.pid_file, it.id]
@@ -581,6 +679,7 @@ class Batch:
                     _remove_bundle(os.path.join(d, cid), os.path.join(d, cid, "rootfs"))
                 if not _release_scratch(d):
                     continue  # something is still mounted in there: try again next time
+                self._remove_dead_views(os.path.basename(d))
                 os.unlink(lock)
             finally:
                 os.close(fd)
@@ -802,6 +901,7 @@ class Batch:
                     self._remove_chunk(leftovers[i:i + _CHUNK])
                 except Exception:
                     log.warning("batch %s: removing containers failed", self.batch_id, exc_info=True)
+            self._remove_views()
         finally:
             if restore is not None:
                 signal.signal(signal.SIGINT, restore)
@@ -859,6 +959,9 @@ def _remove_bundle(path: str, rootfs: str) -> None:
     except OSError as e:
         log.warning("batch: rootfs %s left in place: %s", rootfs, e)  # still mounted: never rm -rf it
         return
+    for layer in ("upper", "work"):  # a transient writable layer, unmounted now
+        if os.path.isdir(os.path.join(path, layer)):
+            shutil.rmtree(os.path.join(path, layer), ignore_errors=True)
     try:
         os.rmdir(path)
     except FileNotFoundError:
@@ -910,10 +1013,11 @@ def batch_run(svc: Any, ns: str, specs: Iterable[BatchSpec | Mapping[str, Any]] 
               image: str = "", args: Sequence[str] | None = None, count: int = 1, parallel: int = 8,
               rm: bool = False, detach: bool = False, group_size: int = 50, batch_id: str = "",
               labels: Mapping[str, str] | None = None, env: Sequence[str] = (), net: str = "none",
-              mode: str = "auto", progress: bool = True) -> Iterator[BatchResult | BatchProgress]:
+              mode: str = "auto", rootfs: str = "auto",
+              progress: bool = True) -> Iterator[BatchResult | BatchProgress]:
     """Launch a batch through the containers service ``svc`` (see the module docstring)."""
     b = Batch(svc, ns, entries_for(specs, image, args, count, env, net), parallel=parallel, rm=rm,
-              detach=detach, group_size=group_size, batch_id=batch_id, labels=labels, mode=mode)
+              detach=detach, group_size=group_size, batch_id=batch_id, labels=labels, mode=mode, rootfs=rootfs)
     return b.run(progress)
 
 

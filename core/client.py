@@ -107,9 +107,10 @@ class Client:
     def batch_run(self, specs: Iterable[Any] | None = None, **kw: Any) -> Any:
         """Launch containers in bulk (see :mod:`pyctr.batch`): ``specs`` (:class:`~pyctr.batch.BatchSpec`
         or dicts) or ``image=``, ``args=``, ``count=``; also ``parallel``, ``rm``, ``detach``,
-        ``group_size``, ``labels``, ``batch_id``.  Yields a :class:`~pyctr.batch.BatchResult` per container
-        as it finishes (and :class:`~pyctr.batch.BatchProgress` ticks with ``progress=True``); closing the
-        iterator (:class:`~pyctr.batch.BatchStream`) early stops the batch and cleans up."""
+        ``group_size``, ``labels``, ``batch_id``, ``mode``, ``rootfs``.  Yields a
+        :class:`~pyctr.batch.BatchResult` per container as it finishes (and
+        :class:`~pyctr.batch.BatchProgress` ticks with ``progress=True``); closing the iterator
+        (:class:`~pyctr.batch.BatchStream`) early stops the batch and cleans up."""
         from .batch import batch_results
 
         return batch_results(self, specs, **kw)

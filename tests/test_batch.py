@@ -333,3 +333,113 @@ def test_batch_run_served_by_the_zygote(env: Env) -> None:
     assert proc.returncode == 130, err
     assert Path(f"/proc/{zpid}").exists()  # the zygote served it and lives on
     env.assert_nothing_left()
+
+
+def _overlays_under(env: Env) -> list[dict[str, str]]:
+    """The overlay mounts under the test's state directory, by option."""
+    out = []
+    with open("/proc/self/mounts") as f:
+        for ln in f:
+            _dev, where, fstype, opts = ln.split()[:4]
+            if fstype == "overlay" and where.startswith(str(env.roots.state)):
+                out.append({"where": where, **dict(o.split("=", 1) for o in opts.split(",") if "=" in o)})
+    return out
+
+
+def _fstype(path: str) -> str:
+    best, kind = "", ""
+    with open("/proc/self/mounts") as f:
+        for ln in f:
+            where, fstype = ln.split()[1:3]
+            if (path == where or path.startswith(where.rstrip("/") + "/")) and len(where) >= len(best):
+                best, kind = where, fstype
+    return kind
+
+
+def test_rm_batch_writable_layers_on_tmpfs(env: Env) -> None:
+    """With --rm each container's writable layer is on the batch's tmpfs over one view of the image:
+    no snapshot of its own, a fresh root file system each, writes charged to its memory limit, and
+    nothing left afterwards (the view included)."""
+    image_snapshots = set(env.ok("snapshots", "ls", "-q").split())
+    proc = subprocess.Popen(env.cmd("batch", "run", "--count", "3", "--rm", "--format", "json", "--name", "tf",
+                                    IMAGE, "sh", "-c", "test ! -e /marker && touch /marker && rm /etc/passwd "
+                                    "&& echo x >/root/f && sleep 30"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    try:
+        deadline = time.monotonic() + 20
+        while len(env.runc_states_left()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(env.runc_states_left()) == 3
+        overlays = _overlays_under(env)
+        assert len(overlays) == 3
+        for o in overlays:
+            assert _fstype(o["upperdir"]) == "tmpfs" and _fstype(o["workdir"]) == "tmpfs"
+        infos = {c["id"]: c for c in json.loads(env.ok("containers", "ls", "-o", "json"))}
+        assert sorted(infos) == ["tf-0", "tf-1", "tf-2"] and {c["snapshot_key"] for c in infos.values()} == {""}
+        extra = set(env.ok("snapshots", "ls", "-q").split()) - image_snapshots
+        assert extra == {"tf-lower-0"}  # one view for the batch, none per container
+        for tid in ("tf-0", "tf-1", "tf-2"):  # end them: each wrote to its own fresh root file system
+            pid = int(Path(env.runtime_state / ".batch" / "default" / "tf" / tid / "init.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert sorted((r["id"], r["exit_status"]) for r in _lines(out)) == [(f"tf-{i}", 137) for i in range(3)], err
+    assert set(env.ok("snapshots", "ls", "-q").split()) == image_snapshots
+    env.assert_nothing_left()
+    # what a container writes to its root file system is memory, counted against its limit
+    spec = json.dumps({"id": "big", "args": ["dd", "if=/dev/zero", "of=/big", "bs=1M", "count=256"],
+                       "resources": {"memory": "32m"}}) + "\n"
+    p = env.run("batch", "run", "--rm", "--format", "json", "--spec", "-", IMAGE, input=spec)
+    assert [r["exit_status"] for r in _lines(p.stdout)] == [137], p.stderr
+    env.assert_nothing_left()
+
+
+def test_rootfs_choice(env: Env) -> None:
+    """--rootfs snapshot gives --rm containers active snapshots; tmpfs without --rm is refused."""
+    proc = subprocess.Popen(env.cmd("batch", "run", "--count", "2", "--rm", "--rootfs", "snapshot", "--name", "sn",
+                                    IMAGE, "sleep", "30"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    try:
+        deadline = time.monotonic() + 20
+        while len(env.runc_states_left()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {"sn-0", "sn-1"} <= set(env.ok("snapshots", "ls", "-q").split())
+        assert all(_fstype(o["upperdir"]) != "tmpfs" for o in _overlays_under(env))
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    env.assert_nothing_left()
+    p = env.run("batch", "run", "--count", "1", "--rootfs", "tmpfs", IMAGE, "true")
+    assert p.returncode == 2 and "--rm" in p.stderr and "Traceback" not in p.stderr
+    p = env.run("batch", "run", "--count", "1", "--rm", "--rootfs", "ram", IMAGE, "true")
+    assert p.returncode == 2 and "tmpfs or snapshot" in p.stderr
+    env.assert_nothing_left()
+
+
+def test_a_later_batch_clears_a_killed_rm_batch(env: Env) -> None:
+    proc = subprocess.Popen(env.cmd("batch", "run", "--count", "3", "--rm", "--name", "gone", IMAGE, "sleep", "30"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
+    try:
+        deadline = time.monotonic() + 20
+        while len(env.runc_states_left()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(env.runc_states_left()) == 3
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "gone-lower-0" in env.ok("snapshots", "ls", "-q").split()
+    assert env.ok("batch", "run", "--rm", "--format", "json", IMAGE, "true").count('"exit_status": 0') == 1
+    assert env.mounts_under() == [] and env.bundles_left() == []
+    deadline = time.monotonic() + 10
+    while env.runc_states_left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert env.runc_states_left() == []
+    assert "gone-lower-0" not in env.ok("snapshots", "ls", "-q").split()
+    env.ok("batch", "rm", "gone")
+    env.assert_nothing_left()

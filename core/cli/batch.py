@@ -130,6 +130,9 @@ def run(
     batch_id: Annotated[str, typer.Option("--name", help="Batch id (label pyctr.batch.id; default random).")] = "",
     mode: Annotated[str, typer.Option("--mode", help="auto, direct (one runc run each, supervised by the "
                                       "batch) or shim (tasks in shared shims).")] = "auto",
+    rootfs: Annotated[str, typer.Option("--rootfs", help="Writable layers: tmpfs (in memory, charged to each "
+                                        "container's memory limit, gone with it; the default with --rm) or "
+                                        "snapshot (an active snapshot each, on disk).")] = "auto",
 ) -> None:
     """Launch many containers: IMAGE [CMD...] --count N, or --spec FILE.jsonl."""
     from ..batch import BatchProgress, entries_for, new_batch_id
@@ -159,7 +162,8 @@ def run(
     stream = None
     try:
         stream = client.batch_run(entries, parallel=parallel, rm=rm, detach=detach, group_size=group_size,
-                                  batch_id=bid, labels=_parse_labels(label), mode=mode, progress=True)
+                                  batch_id=bid, labels=_parse_labels(label), mode=mode, rootfs=rootfs,
+                                  progress=True)
         for r in stream:
             if isinstance(r, BatchProgress):
                 last = r
