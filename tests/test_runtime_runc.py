@@ -285,7 +285,7 @@ def test_shim_killed_is_detected(rt: RuncRuntime, rootfs: Path) -> None:
 def test_restart_learns_exits(tmp_path: Path, rootfs: Path) -> None:
     need_runc()
     state = tmp_path / "state"
-    rt1 = RuncRuntime(state, cgroup_parent=cgroup_parent_for(state))
+    rt1 = RuncRuntime(state, cgroup_parent=cgroup_parent_for(state), shim_pool_size=1)
     try:
         a = rt1.create(NS, "a", busybox_spec(rootfs, ["sh", "-c", "sleep 0.3; exit 5"]), [], ProcessIO())
         a.start()
@@ -495,7 +495,7 @@ def test_errors_on_stopped_task_leave_nothing(rt: RuncRuntime, rootfs: Path) -> 
 
 def test_zygote_forks_shims_and_recovers(tmp_path: Path, rootfs: Path) -> None:
     need_runc()
-    with runtime(tmp_path / "state", zygote_idle=1.0) as rt:
+    with runtime(tmp_path / "state", zygote_idle=1.0, shim_pool_size=1) as rt:
         t = rt.create(NS, "z1", busybox_spec(rootfs, ["true"]), [], ProcessIO())  # cold shim, zygote starts
         t.start()
         t.wait(timeout=20)

@@ -22,10 +22,16 @@ State (``<state>/pyctr.runtime.runc/``)
                      ``events.sock`` (the daemon's datagram socket for shim events).  A state directory
                      too deep for a socket path uses ``/tmp/pyctr-s-<hash>`` instead.
     ``shims/``       shim logs (removed when a shim exits cleanly), ``zygote.log``.
+    ``.pools/<ns>``  the name (``pool-<8 hex>``) of the namespace's current shim pool (temp + rename).
 
 Shims
     A shim serves any number of tasks of one namespace: those created with the same ``group`` (batch
-    launches, pods; ``default_group`` in the configuration for all tasks), else one task.  It is the
+    launches, pods; ``default_group`` in the configuration for all tasks).  Tasks created without a
+    group go to the namespace's current *pool* (``shim_pool_size`` in the configuration, default 32;
+    1 or 0: one shim per task, as containerd): the group named in ``.pools/<ns>``, whose shim refuses a
+    create (``resource_exhausted``) once it supervises ``max_tasks`` live tasks; the manager then opens
+    a new pool (a fresh name written to the file) and creates the task there.  Nothing is scanned: one
+    small file read per create, one extra round trip per full pool.  It is the
     child subreaper of the containers, runs runc without blocking (several creates overlap), copies
     stdio with :mod:`pyctr._speedups.shimio` only when something must see the bytes (logs, a TTY,
     ``stdio_copy``) and otherwise hands the destination itself to the container, and exits after the
@@ -38,7 +44,8 @@ RPC (4-byte big-endian length + msgpack ``{id, method, params}`` -> ``{id, resul
     ``connect``, ``list``, ``create``, ``start``, ``exec``, ``state``, ``kill``, ``pause``,
     ``resume``, ``pids``, ``stats``, ``wait`` (answered when the process has exited and its output
     is drained), ``delete``, ``resize_pty``, ``close_stdin``, ``set_publish``, ``shutdown``.  Every
-    task method takes ``ns``, ``id`` and ``exec_id`` (``""``: the init process).
+    task method takes ``ns``, ``id`` and ``exec_id`` (``""``: the init process); ``create`` takes
+    ``max_tasks`` (0: no bound) and fails with ``resource_exhausted`` when the shim is full.
 
 Events
     The shim appends each event to the bundle's ``events.jsonl`` and sends it (msgpack

@@ -2,10 +2,11 @@
 
 :class:`RuncRuntime` implements :class:`pyctr.runtime.Runtime`.  A task lives in a bundle directory
 and is supervised by a shim process listening on ``<sockets>/<sha256(state/ns/group)[:32]>.sock``;
-tasks created with the same ``group`` share one shim.  Neither the daemon nor the CLI needs to stay:
-:meth:`RuncRuntime.load` (run when the plugin starts) finds every bundle again, reconnects to live
-shims, and settles the tasks of dead ones (exit status from the ``exit`` file the shim wrote, or 255
-``shim died``; runc state, cgroup and rootfs mount removed).
+tasks created with the same ``group`` share one shim, and tasks created without one share pooled
+shims of at most ``shim_pool_size`` live tasks (:meth:`RuncRuntime.current_pool`).  Neither the
+daemon nor the CLI needs to stay: :meth:`RuncRuntime.load` (run when the plugin starts) finds every
+bundle again, reconnects to live shims, and settles the tasks of dead ones (exit status from the
+``exit`` file the shim wrote, or 255 ``shim died``; runc state, cgroup and rootfs mount removed).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ from pyctr.runtime import (
 from . import cgroups
 from . import runc as R
 from .bundle import Bundle
-from .shim_client import ShimClient, ShimGone
+from .shim_client import ShimClient, ShimFull, ShimGone
 
 log = logging.getLogger("pyctr.runtime.runc")
 
@@ -98,14 +99,16 @@ class RuncRuntime:
     :param cgroup_parent: containers go to ``<cgroup_parent>/<ns>/<id>`` unless the spec says otherwise.
     :param zygote: fork shims from a warm parent; ``zygote_idle`` seconds before it exits unused.
     :param stdio_copy: always copy output through the shim (never hand a destination to the container).
-    :param default_group: the shim group of tasks created without one ("": one shim per task).
+    :param default_group: the shim group of tasks created without one ("": pooled shims, see below).
+    :param shim_pool_size: tasks created without a group (and no ``default_group``) share pooled
+        shims of at most this many live tasks each, per namespace (1 or 0: one shim per task).
     :param load: find running tasks and settle dead shims now (:meth:`load`).
     """
 
     def __init__(self, state: Path, *, runc_binary: str = "runc", runc_root: str = "",
                  cgroup_parent: str = "/pyctr", shim_debug: bool = False, zygote: bool = True,
                  zygote_idle: float = 120.0, stdio_copy: bool = False, default_group: str = "",
-                 shim_sweep: float = 10.0, load: bool = True) -> None:
+                 shim_pool_size: int = 32, shim_sweep: float = 10.0, load: bool = True) -> None:
         self.state = Path(state)
         self.runc_binary = runc_binary
         self.runc_root = Path(runc_root) if runc_root else self.state / "runc"
@@ -114,6 +117,7 @@ class RuncRuntime:
         self.zygote = zygote
         self.stdio_copy = stdio_copy
         self.default_group = default_group
+        self.shim_pool_size = max(0, int(shim_pool_size))
         self.shim_sweep = shim_sweep
         self.zygote_idle = zygote_idle
         self._children: list[subprocess.Popen[bytes]] = []
@@ -372,12 +376,51 @@ class RuncRuntime:
             self.loaded.append(ev)
             del self.loaded[:-1000]
 
+    # -- shim pools -----------------------------------------------------------------------------------
+
+    def _pool_file(self, ns: str) -> Path:
+        return self.state / ".pools" / ns
+
+    def current_pool(self, ns: str) -> str:
+        """The pool group that tasks of ``ns`` created without a group go to (one small file read)."""
+        try:
+            name = self._pool_file(ns).read_text().strip()
+        except OSError:
+            name = ""
+        if name.startswith("pool-"):
+            with contextlib.suppress(InvalidArgument):
+                validate_identifier(name, "shim group")
+                return name
+        return self.new_pool(ns)
+
+    def new_pool(self, ns: str) -> str:
+        """Open a fresh pool for ``ns`` (its shim starts with its first task) and make it the current one.
+
+        Concurrent creators may both open one: harmless, the older pool just stops filling up."""
+        name = f"pool-{os.urandom(4).hex()}"
+        d = self.state / ".pools"
+        d.mkdir(exist_ok=True, mode=0o700)
+        tmp = d / f".{ns}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                f.write(name + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self._pool_file(ns))
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise Unavailable(f"cannot record the shim pool of namespace {ns!r} in {d}: {e}") from None
+        return name
+
     def create(self, ns: str, id: str, bundle_spec: Mapping[str, Any], rootfs_mounts: list[Mapping[str, Any]],
                io: ProcessIO, group: str | None = None, *, start: bool = False) -> RuncTask:
         validate_identifier(ns, "namespace")
         validate_identifier(id, "task id")
-        group = group or self.default_group or id
+        pooled = not group and not self.default_group and self.shim_pool_size > 1
+        group = (self.current_pool(ns) if pooled else "") or group or self.default_group or id
         validate_identifier(group, "shim group")
+        max_tasks = self.shim_pool_size if pooled else 0
         b = self.bundle(ns, id)
         if b.path.exists():
             rec = b.read("shim.json")
@@ -388,10 +431,11 @@ class RuncRuntime:
         cg = self._prepare_spec(spec, ns, id, io, bool(rootfs_mounts))
         # the shim starts (or is found) while the bundle is written and the rootfs mounted
         shim: list[tuple[str, bool] | BaseException] = []
+        first_group = group
 
         def find_shim() -> None:
             try:
-                shim.append(self.ensure_shim(ns, group))
+                shim.append(self.ensure_shim(ns, first_group))
             except BaseException as e:
                 shim.append(e)
 
@@ -419,21 +463,33 @@ class RuncRuntime:
             if isinstance(found, BaseException):
                 raise found
             address, fresh = found
-            rec = {"address": address, "group": group, "ns": ns, "id": id, "cgroup": cg,
-                   "runc_root": self.runc_root_for(ns), "created_at": time.time()}
-            b.write("shim.json", rec)
             params = {"ns": ns, "id": id, "bundle": str(b.path), "group": group, "cgroup": cg,
                       "runc": {"binary": self.runc_path, "root": self.runc_root_for(ns)},
-                      "publish": self._event_address, "io": _io_params(io, self.stdio_copy), "start": start}
-            try:
-                res = self.client(address).call("create", params, fds=io.fds())
-            except ShimGone:
-                if fresh:
-                    raise
-                # the group's shim was exiting as we came: start a fresh one, once
-                self._forget_client(address)
+                      "publish": self._event_address, "io": _io_params(io, self.stdio_copy), "start": start,
+                      "max_tasks": max_tasks}
+            regone = full = 0
+            while True:
+                rec = {"address": address, "group": group, "ns": ns, "id": id, "cgroup": cg,
+                       "runc_root": self.runc_root_for(ns), "created_at": time.time()}
+                b.write("shim.json", rec)  # before the create: a crash in between leaves it findable
+                try:
+                    res = self.client(address).call("create", {**params, "group": group}, fds=io.fds())
+                    break
+                except ShimFull:
+                    # the pool is full: the current one if another creator opened it meanwhile, else a new one
+                    full += 1
+                    if full > 3:
+                        raise Unavailable(f"no shim pool of namespace {ns!r} takes task {id!r}; "
+                                          "retry, or raise shim_pool_size") from None
+                    current = self.current_pool(ns)
+                    group = current if current != group and full == 1 else self.new_pool(ns)
+                except (ShimGone, Unavailable) as e:
+                    # the group's shim was exiting as we came: start a fresh one, once
+                    if fresh or regone or not (isinstance(e, ShimGone) or "shutting down" in str(e)):
+                        raise
+                    regone += 1
+                    self._forget_client(address)
                 address, fresh = self.ensure_shim(ns, group)
-                res = self.client(address).call("create", params, fds=io.fds())
             return RuncTask(self, ns, id, rec, int(res["pid"]))
         except BaseException:
             if address:

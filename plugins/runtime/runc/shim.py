@@ -783,6 +783,11 @@ class Shim:
             raise ShimError("already_exists", f"task {id!r} already exists in namespace {ns!r}")
         if self.exiting:
             raise ShimError("unavailable", "shim is shutting down")
+        max_tasks = int(params.get("max_tasks") or 0)  # a pool's bound (0: none)
+        if max_tasks > 0:
+            live = len(self.creating) + sum(1 for c in self.containers.values() if c.init.status != "stopped")
+            if live >= max_tasks:
+                raise ShimError("resource_exhausted", f"shim already supervises {live} live task(s)")
         r = params.get("runc") or {}
         log = os.path.join(bundle, "log.json")
         c = Container(ns, id, bundle, str(params.get("group", "")),

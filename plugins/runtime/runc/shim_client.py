@@ -25,9 +25,17 @@ class ShimGone(Unavailable):
     """The shim closed the connection or cannot be reached (it is probably dead)."""
 
 
+class ShimFull(Unavailable):
+    """The shim refused a create: it already supervises its ``max_tasks`` live tasks (a full pool)."""
+
+    code = "resource_exhausted"
+
+
 def error_from(code: str, message: str) -> PyctrError:
     if code == CommandNotFound.code:
         return CommandNotFound(message)
+    if code == ShimFull.code:
+        return ShimFull(message)
     return from_code(code, message)
 
 
