@@ -409,17 +409,6 @@ class Batch:
         self._lowers[image.name] = got
         return got
 
-    def _remove_dead_views(self, batch_id: str) -> None:
-        """The image views a batch that died left (see :meth:`_lower`)."""
-        try:
-            sn = self.md.snapshotter("overlayfs")
-            keys = [i.name for i in sn.walk(self.ns, f'labels."{LABEL_BATCH_ID}"=={batch_id}')]
-        except Exception:
-            return  # no overlayfs snapshotter: no views
-        for key in keys:
-            with contextlib.suppress(Exception):
-                sn.remove(self.ns, key)
-
     def _remove_views(self) -> None:
         for image, key in self._views:
             try:
@@ -628,7 +617,7 @@ class Batch:
             return self._bundles
         base = self.rt.state / ".batch" / self.ns
         base.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._clear_stale(base)
+        clear_dead_batches(self.rt, self.md, self.ns)
         lock = base / f"{self.batch_id}.lock"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         import fcntl
@@ -651,39 +640,6 @@ class Batch:
         (they are never tasks of the runtime plugin; runc's state files come and go with them)."""
         return os.path.join(self._bundle_dir(), "runc")
 
-    def _clear_stale(self, base: Any) -> None:
-        import fcntl
-
-        from .mount import unmount
-
-        for entry in os.listdir(base):
-            if not entry.endswith(".lock"):
-                continue
-            lock = os.path.join(base, entry)
-            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # that batch still runs
-                d = lock[:-len(".lock")]
-                runc_root = os.path.join(d, "runc")
-                for cid in os.listdir(d) if os.path.isdir(d) else []:
-                    if cid == "runc":
-                        continue
-                    log.warning("batch: clearing container %s left by a batch that died", cid)
-                    with contextlib.suppress(Exception):
-                        unmount(os.path.join(d, cid, "rootfs"), lazy=True, retries=2)
-                    with contextlib.suppress(Exception):
-                        self._runc_delete(cid, runc_root)
-                    _remove_bundle(os.path.join(d, cid), os.path.join(d, cid, "rootfs"))
-                if not _release_scratch(d):
-                    continue  # something is still mounted in there: try again next time
-                self._remove_dead_views(os.path.basename(d))
-                os.unlink(lock)
-            finally:
-                os.close(fd)
-
     def _release_bundle_dir(self) -> None:
         if not self._bundles:
             return
@@ -696,16 +652,8 @@ class Batch:
             self._lock_fd = -1
         self._bundles = ""
 
-    def _runc_delete(self, cid: str, runc_root: str = "") -> None:
-        import subprocess
-
-        subprocess.run([self.rt.runc_path, "--root", runc_root or self._runc_root(), "delete", "--force", cid],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=30, check=False)
-        from pyctr.plugins.runtime.runc import cgroups
-
-        with contextlib.suppress(OSError):
-            cgroups.remove(str(self.rt.cgroup_path(self.ns, cid)))
+    def _runc_delete(self, cid: str) -> None:
+        _runc_delete(self.rt, self.ns, self._runc_root(), cid)
 
     def _kill_running(self) -> None:
         """SIGKILL the containers this batch runs in the foreground (runc then cleans up after them; in
@@ -907,6 +855,76 @@ class Batch:
                 signal.signal(signal.SIGINT, restore)
 
 
+def clear_dead_batches(rt: Any, md: Any, ns: str) -> None:
+    """Clear what batches of ``ns`` that died left behind (each batch holds a flock on
+    ``<runtime state>/.batch/<ns>/<batch id>.lock`` while it runs): their containers' rootfs mounts,
+    runc state and bundles, their scratch tmpfs, and their views of images.  Their container records
+    stay, for ``pyctr batch rm``.  Every batch run and ``batch rm`` calls this first."""
+    import fcntl
+
+    from .mount import unmount
+
+    base = os.path.join(rt.state, ".batch", ns)
+    try:
+        entries = os.listdir(base)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if not entry.endswith(".lock"):
+            continue
+        lock = os.path.join(base, entry)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # its batch just ended
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # that batch still runs
+            d = lock[:-len(".lock")]
+            runc_root = os.path.join(d, "runc")
+            for cid in os.listdir(d) if os.path.isdir(d) else []:
+                if cid == "runc":
+                    continue
+                log.warning("batch: clearing container %s left by a batch that died", cid)
+                with contextlib.suppress(Exception):
+                    unmount(os.path.join(d, cid, "rootfs"), lazy=True, retries=2)
+                with contextlib.suppress(Exception):
+                    _runc_delete(rt, ns, runc_root, cid)
+                _remove_bundle(os.path.join(d, cid), os.path.join(d, cid, "rootfs"))
+            if not _release_scratch(d):
+                continue  # something is still mounted in there: try again next time
+            _remove_dead_views(md, ns, os.path.basename(d))
+            os.unlink(lock)
+        finally:
+            os.close(fd)
+
+
+def _remove_dead_views(md: Any, ns: str, batch_id: str) -> None:
+    """The image views a batch that died left (see :meth:`Batch._lower`)."""
+    try:
+        sn = md.snapshotter("overlayfs")
+        keys = [i.name for i in sn.walk(ns, f'labels."{LABEL_BATCH_ID}"=={batch_id}')]
+    except Exception:
+        return  # no overlayfs snapshotter: no views
+    for key in keys:
+        with contextlib.suppress(Exception):
+            sn.remove(ns, key)
+
+
+def _runc_delete(rt: Any, ns: str, runc_root: str, cid: str) -> None:
+    import subprocess
+
+    subprocess.run([rt.runc_path, "--root", runc_root, "delete", "--force", cid],
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=30, check=False)
+    from pyctr.plugins.runtime.runc import cgroups
+
+    with contextlib.suppress(OSError):
+        cgroups.remove(str(rt.cgroup_path(ns, cid)))
+
+
 def _mount_scratch(path: str) -> bool:
     """Mount a private tmpfs on ``path`` (the batch's bundles and runc state): they are written and
     removed for every container, ~10 files each; on a disk file system that churn of inodes costs CPU
@@ -1085,6 +1103,8 @@ def batch_remove(svc: Any, ns: str, filters: Sequence[str], *, parallel: int = 8
     killed and deleted, snapshots and records gone; yields ``{"id", "error"}`` per container."""
     if not filters:
         raise InvalidArgument("batch rm needs a filter (a label or a batch id)")
+    with contextlib.suppress(Exception):
+        clear_dead_batches(svc.runtime(DEFAULT_RUNTIME), svc.md, ns)  # their mounts and image views too
     containers = svc.list(ns, list(filters))
 
     def one(c: Any) -> dict[str, Any]:
