@@ -252,7 +252,9 @@ class Runtime(Protocol):
         """Create a task (state CREATED; RUNNING with ``start=True``, which creates and starts it in one
         step) from an OCI spec and its rootfs mounts (containerd ``Mount``
         dicts: ``{"type", "source", "options": [...]}``; an empty list means the spec's
-        ``root.path`` is used as-is).  ``group`` puts the task in a shared shim (a batch, a pod).
+        ``root.path`` is used as-is).  ``group`` puts the task in the shim of that group (a batch, a
+        pod); without one the runtime chooses (the runc runtime: a pooled shim of at most
+        ``shim_pool_size`` tasks).
         AlreadyExists when the task exists; CommandNotFound when the command is missing.
         """
         ...
