@@ -668,8 +668,9 @@ class Batch:
                     it.killed = True
                     it.task.kill(int(signal.SIGKILL))
             return
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
+        start = time.monotonic()
+        asked: set[str] = set()
+        while time.monotonic() < start + 10.0:
             with self._lock:
                 items = list(self._running.values())
             if not items:
@@ -680,7 +681,21 @@ class Batch:
                     it.killed = True
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
+                elif time.monotonic() > start + 1.0 and it.id not in asked:
+                    # no pid file yet after a second (a slow start on a loaded machine): ask runc, which
+                    # knows the init process from its state as soon as the container exists
+                    it.killed = True
+                    asked.add(it.id)
+                    self._runc_kill(it.id)
             time.sleep(0.02)
+
+    def _runc_kill(self, cid: str) -> None:
+        import subprocess
+
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run([self.rt.runc_path, "--root", self._runc_root(), "kill", cid, "KILL"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=10, check=False)
 
     # -- one container through the runtime plugin (shared shims) ---------------------------------------
 

@@ -822,7 +822,14 @@ def _zygote_state(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> Any:
     """The ``pyctr`` console script: the fast path for ``run``, the typer app for everything else."""
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling began (start-up)
+        print("pyctr: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> Any:
     trace("main")
     state = _zygote_state(argv)
     if state:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 MARKER = "pyctr-run-zygote"
+#: The signals a client forwards to the zygote's child (blocked in the zygote across each fork, so one
+#: that reaches the child before it has set its handlers waits for them instead of being lost).
+_FORWARDED = (2, 15, 1, 3, 28)  # SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH
 DEFAULT_IDLE = 30.0
 _HDR = struct.Struct(">I")
 _SUN_MAX = 100
@@ -86,27 +89,15 @@ def _read_messages(s: socket.socket) -> Any:
 
 def try_run(state: str, argv: list[str]) -> int | None:
     """Run ``argv`` in the state directory's zygote; its exit status, or ``None`` when there is no
-    zygote to use (the caller then runs the command itself)."""
-    path = socket_path(state)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        s.connect(path)
-    except OSError:
-        s.close()
-        return None
-    import array
+    zygote to use (the caller then runs the command itself).
+
+    Signals (Ctrl-C, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH) are caught from before the request goes out
+    and forwarded to the zygote's child once it exists: one that arrives in between is not lost (nor
+    the command left running with nobody to stop it); if the zygote then does not take the command,
+    an interruption ends this one (130) rather than running it here."""
     import signal
 
-    umask = os.umask(0o022)
-    os.umask(umask)
-    payload = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": umask,
-                          "code": _code_identity()}).encode()
-    fds = array.array("i", [0, 1, 2])
-    try:
-        s.sendmsg([_HDR.pack(len(payload)) + payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-    except OSError:
-        s.close()
-        return None
+    path = socket_path(state)
     child = 0
     pending: list[int] = []
 
@@ -117,26 +108,63 @@ def try_run(state: str, argv: list[str]) -> int | None:
         else:
             pending.append(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH):
-        signal.signal(sig, forward)
+    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+    served = False
     try:
-        for msg in _read_messages(s):
-            if "refused" in msg:
-                return None
-            if "pid" in msg:
-                child = int(msg["pid"])
-                for signum in pending:
-                    with contextlib.suppress(OSError):
-                        os.kill(child, signum)
-                pending.clear()
-            if "exit" in msg:
-                return int(msg["exit"])
+        rv = _request(path, argv)
+        if rv is None:
+            return None
+        s = rv
+        try:
+            for msg in _read_messages(s):
+                if "refused" in msg:
+                    return None
+                if "pid" in msg:
+                    child = int(msg["pid"])
+                    served = True
+                    for signum in pending:
+                        with contextlib.suppress(OSError):
+                            os.kill(child, signum)
+                    pending.clear()
+                if "exit" in msg:
+                    return int(msg["exit"])
+        finally:
+            s.close()
+        if not child:
+            return None  # the zygote went away before forking: nothing has been done yet
+        print("pyctr: the run zygote's child ended without an exit status", file=sys.stderr)
+        return 255
     finally:
+        if not served:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if any(sig != signal.SIGWINCH for sig in pending):
+                print("pyctr: interrupted", file=sys.stderr)
+                os._exit(130)
+
+
+def _request(path: str, argv: list[str]) -> socket.socket | None:
+    """Connect to the zygote at ``path`` and send it ``argv`` with this process's stdio; None when no
+    zygote listens."""
+    import array
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(path)
+    except OSError:
         s.close()
-    if not child:
-        return None  # the zygote went away before forking: nothing has been done yet
-    print("pyctr: the run zygote's child ended without an exit status", file=sys.stderr)
-    return 255
+        return None
+    umask = os.umask(0o022)
+    os.umask(umask)
+    payload = json.dumps({"argv": argv, "env": dict(os.environ), "cwd": os.getcwd(), "umask": umask,
+                          "code": _code_identity()}).encode()
+    fds = array.array("i", [0, 1, 2])
+    try:
+        s.sendmsg([_HDR.pack(len(payload)) + payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
+    except OSError:
+        s.close()
+        return None
+    return s
 
 
 def spawn(state: str, modules: list[str], idle: float = DEFAULT_IDLE) -> None:
@@ -326,10 +354,16 @@ def _handle(conn: socket.socket, listener: socket.socket, *, refuse: bool) -> in
         if refuse or uid != os.getuid() or len(fds) != 3 or req.get("code") != _code_identity():
             _send(conn, {"refused": "stale" if refuse else "not served"})
             return 0
-        pid = os.fork()
-        if pid == 0:
-            listener.close()
-            _child(conn, req, fds)  # never returns
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                listener.close()
+                _child(conn, req, fds)  # never returns; unblocks the signals once its handlers are set
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         _send(conn, {"pid": pid})
         return pid
     finally:
@@ -349,9 +383,10 @@ def _child(conn: socket.socket, req: dict[str, Any], fds: list[int]) -> None:
         for fd in fds:
             if fd > 2:
                 os.close(fd)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD,
-                    signal.SIGWINCH):
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD, signal.SIGWINCH):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a fresh interpreter
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)  # a signal that came meanwhile lands now
         conn.settimeout(None)
         os.chdir(str(req.get("cwd") or "/"))
         os.umask(int(req.get("umask", 0o022)))
@@ -379,11 +414,14 @@ def _child(conn: socket.socket, req: dict[str, Any], fds: list[int]) -> None:
                 registry.PREBUILT_PLUGIN_MANAGER[:] = [pm]
             from .cli import main as cli_main
 
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a fresh interpreter
             got = cli_main(argv)
         rc = got if isinstance(got, int) else 0
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else 1
+    except KeyboardInterrupt:  # Ctrl-C before the command's own handling began
+        with contextlib.suppress(Exception):
+            print("pyctr: interrupted", file=sys.stderr)
+        rc = 130
     except BaseException as e:  # report instead of dying silently
         with contextlib.suppress(Exception):
             print(f"pyctr: {type(e).__name__}: {e}", file=sys.stderr)

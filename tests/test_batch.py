@@ -146,6 +146,19 @@ def env(tmp_root: Roots) -> Iterator[Env]:
                     os.rmdir(base)
 
 
+def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """Wait for ``proc`` (a CLI child) and collect its output; on a timeout, fail with the process tree
+    for the diagnosis (the child killed and its pipes closed either way)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = subprocess.run(["ps", "-eo", "pid,ppid,stat,wchan:20,etimes,args", "--forest"], capture_output=True,
+                              text=True).stdout
+        proc.kill()
+        _out, err = proc.communicate()
+        pytest.fail(f"pyctr {proc.args!r} still running after {timeout} s\nstderr: {err}\n{tree}")
+
+
 def _lines(out: str) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in out.splitlines() if ln.strip()]
 
@@ -227,11 +240,11 @@ def test_sigint_stops_the_batch_and_leaves_nothing(env: Env) -> None:
             time.sleep(0.05)
         assert len(env.runc_states_left()) >= 4, "the batch did not start its containers"
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = _finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert len(_lines(out)) < 200
@@ -325,11 +338,11 @@ def test_batch_run_served_by_the_zygote(env: Env) -> None:
             time.sleep(0.05)
         assert len(env.runc_states_left()) >= 2, "the batch did not start its containers"
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=30)
+        _out, err = _finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()
     assert proc.returncode == 130, err
     assert Path(f"/proc/{zpid}").exists()  # the zygote served it and lives on
     env.assert_nothing_left()
@@ -381,11 +394,11 @@ def test_rm_batch_writable_layers_on_tmpfs(env: Env) -> None:
         for tid in ("tf-0", "tf-1", "tf-2"):  # end them: each wrote to its own fresh root file system
             pid = int(Path(env.runtime_state / ".batch" / "default" / "tf" / tid / "init.pid").read_text())
             os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=30)
+        out, err = _finish(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()
     assert sorted((r["id"], r["exit_status"]) for r in _lines(out)) == [(f"tf-{i}", 137) for i in range(3)], err
     assert set(env.ok("snapshots", "ls", "-q").split()) == image_snapshots
     env.assert_nothing_left()
@@ -413,7 +426,7 @@ def test_rootfs_choice(env: Env) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.communicate()
     env.assert_nothing_left()
     p = env.run("batch", "run", "--count", "1", "--rootfs", "tmpfs", IMAGE, "true")
     assert p.returncode == 2 and "--rm" in p.stderr and "Traceback" not in p.stderr
