@@ -673,6 +673,16 @@ def parse_globals(argv: list[str]) -> tuple[dict[str, Any], int]:
 
 #: Commands a zygote runs through the typer application (no fast path of their own), by their words.
 ZYGOTE_CLI_COMMANDS = (("batch", "run"),)
+#: What a zygote started for them imports ahead (their imports follow from these).
+ZYGOTE_CLI_PRELOAD = ("pyctr.cli", "pyctr.cli._errors", "pyctr.cli.batch", "pyctr.batch", "pyctr.client",
+                      "pyctr.engine", "pyctr.oci", "pyctr.mount", "pyctr.usergroup", "pyctr.metadata.db",
+                      "pyctr.plugins.containers.metadata.service", "pyctr.plugins.runtime.runc.manager",
+                      "pyctr.plugins.snapshots.overlayfs.overlayfs", "pyctr.plugins.images.metadata.service",
+                      "pyctr.plugins.content.local.store", "pyctr.plugins.gc.scheduler.scheduler",
+                      "pyctr.metadata.store", "pyctr.metadata.snapshots", "pyctr.metadata.content",
+                      "pyctr.metadata.leases", "pyctr.metadata.gc", "pyctr.events.exchange", "pyctr.seccomp_default",
+                      "pyctr.cli.output", "pyctr._speedups.digest", "pyctr._speedups.eventbus", "typer", "sqlite3",
+                      "concurrent.futures.thread")
 
 
 def parse_run_argv(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any], str, list[str]]:
@@ -849,6 +859,12 @@ def _main(argv: list[str]) -> Any:
 
             runzygote.spawn(state, sorted(sys.modules))
         os._exit(rv)
+    if state:
+        # a command the zygote serves, run here because none was warm: start one now, beside this
+        # command (it imports on the other CPU while this one works), so that the next is served
+        from . import runzygote
+
+        runzygote.spawn(state, list(ZYGOTE_CLI_PRELOAD))
     from .cli import main as cli_main
 
     global _LEAVE_ZYGOTE
