@@ -567,15 +567,23 @@ def test_pull_and_run_through_the_daemon(seeded_registry: SeededRegistry, tmp_ro
     """``images pull`` and ``run``'s implicit pull work through pyctrd (the pull runs in the daemon and
     streams its progress), and a missing tag there is still one line."""
     from daemon_helpers import running_daemon
+    from pyctr.plugins.runtime.runc.manager import RuncRuntime
+    from runtime_helpers import cgroup_parent_for, teardown
 
     ref = f"{seeded_registry.addr}/test/busybox:1"
-    with running_daemon(tmp_root) as (_proc, sock):
-        p = pyctr_cli("--address", sock, "images", "pull", "--plain-http", ref, check=True)
-        assert "pulled" in p.stdout and "unpacked" in p.stdout
-        assert ref in pyctr_cli("--address", sock, "images", "ls", "-q", check=True).stdout.split()
-        bad = pyctr_cli("--address", sock, "images", "pull", "--plain-http", ref.replace(":1", ":nope"))
-        assert bad.returncode == NotFound.exit_code and "Traceback" not in bad.stderr
-        assert len(bad.stderr.strip().splitlines()) == 1
-        out = pyctr_cli("--address", sock, "run", "--rm", ref, "echo", "pulled-and-ran", check=True).stdout
-        assert out.strip().splitlines()[-1] == "pulled-and-ran"
-        assert pyctr_cli("--address", sock, "containers", "ls", "-q", check=True).stdout.strip() == ""
+    parent = cgroup_parent_for(tmp_root.state)  # the container's cgroups, and the shims, are the test's own
+    with open(tmp_root.config, "a") as f:
+        f.write(f'\n[plugins."pyctr.runtime.runc"]\ncgroup_parent = "{parent}"\n')
+    try:
+        with running_daemon(tmp_root) as (_proc, sock):
+            p = pyctr_cli("--address", sock, "images", "pull", "--plain-http", ref, check=True)
+            assert "pulled" in p.stdout and "unpacked" in p.stdout
+            assert ref in pyctr_cli("--address", sock, "images", "ls", "-q", check=True).stdout.split()
+            bad = pyctr_cli("--address", sock, "images", "pull", "--plain-http", ref.replace(":1", ":nope"))
+            assert bad.returncode == NotFound.exit_code and "Traceback" not in bad.stderr
+            assert len(bad.stderr.strip().splitlines()) == 1
+            out = pyctr_cli("--address", sock, "run", "--rm", ref, "echo", "pulled-and-ran", check=True).stdout
+            assert out.strip().splitlines()[-1] == "pulled-and-ran"
+            assert pyctr_cli("--address", sock, "containers", "ls", "-q", check=True).stdout.strip() == ""
+    finally:
+        teardown(RuncRuntime(tmp_root.state / "pyctr.runtime.runc", cgroup_parent=parent, load=False))
