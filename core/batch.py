@@ -351,7 +351,6 @@ class Batch:
         # less CPU per container measured here); the container's own environment comes from its spec
         self._runc_env = {**os.environ, "GOMAXPROCS": "1"}
         self._bundles = ""
-        self._scratch = False
         self._lock_fd = -1
         self._janitor: ThreadPoolExecutor | None = None
         svc.store  # noqa: B018 -- the containers table exists before the first chunk's insert
@@ -630,7 +629,7 @@ class Batch:
         self._lock_fd = fd
         d = base / self.batch_id
         d.mkdir(mode=0o700, exist_ok=True)
-        self._scratch = _mount_scratch(str(d))
+        _mount_scratch(str(d))  # a plain directory when refused (logged)
         os.makedirs(os.path.join(d, "runc"), mode=0o700, exist_ok=True)
         self._bundles = str(d)
         return self._bundles
