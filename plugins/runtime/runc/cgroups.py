@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+from collections.abc import Iterable
+
+TYPE_CHECKING = False  # not typing's: the shim imports this module when it deletes a task
+if TYPE_CHECKING:
+    from typing import Any
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -56,14 +60,40 @@ def remove(path: str, root: str = CGROUP_ROOT) -> None:
         _rmdir_tree(d)
 
 
-def _rmdir_tree(d: str) -> None:
-    if not os.path.isdir(d):
-        return
-    for entry in os.scandir(d):
+def remove_dirs(dirs: Iterable[str], tries: int = 5) -> bool:
+    """Remove cgroup directories (children first), retrying a few milliseconds while the last
+    processes of a container are still exiting; False if one stays."""
+    import time
+
+    left = [d for d in dirs if not _rmdir_tree(d)]
+    delay = 0.001
+    for _ in range(tries - 1):
+        if not left:
+            break
+        time.sleep(delay)
+        delay *= 2
+        left = [d for d in left if not _rmdir_tree(d)]
+    return not left
+
+
+def _rmdir_tree(d: str) -> bool:
+    """Remove ``d`` and its child cgroups; whether it is gone."""
+    try:
+        entries = list(os.scandir(d))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             _rmdir_tree(entry.path)
-    with contextlib.suppress(OSError):
+    try:
         os.rmdir(d)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    return True
 
 
 def procs(path: str, root: str = CGROUP_ROOT) -> list[int]:

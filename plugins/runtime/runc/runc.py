@@ -78,9 +78,10 @@ def delete_stopped(root: str, id: str) -> bool:
         return False
     if not plain or (pid and _same_process(pid, start)):
         return False
-    for path in paths:
-        if not path.startswith("/sys/fs/cgroup/") or not _rmdir_tree(path):
-            return False  # still busy: runc delete retries longer and reports what stays
+    from . import cgroups
+
+    if not all(p.startswith(cgroups.CGROUP_ROOT + "/") for p in paths) or not cgroups.remove_dirs(paths):
+        return False  # still busy: runc delete retries longer and reports what stays
     try:
         for name in os.listdir(state_dir):
             os.unlink(os.path.join(state_dir, name))  # state.json (exec.fifo is gone once started)
@@ -104,29 +105,6 @@ def _same_process(pid: int, start: int) -> bool:
         return int(fields[19]) == start  # field 22 of stat: starttime
     except (IndexError, ValueError):
         return True  # cannot tell: let runc decide
-
-
-def _rmdir_tree(path: str, tries: int = 5) -> bool:
-    """Remove a cgroup directory and any child cgroups, deepest first; retries a few ms while the
-    last processes of the container are still exiting.  False if it stays."""
-    import time
-
-    delay = 0.001
-    for attempt in range(tries):
-        try:
-            for top, dirs, _files in os.walk(path, topdown=False):
-                for d in dirs:
-                    os.rmdir(os.path.join(top, d))
-            os.rmdir(path)
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError:
-            if attempt == tries - 1:
-                return False
-            time.sleep(delay)
-            delay *= 2
-    return False
 
 
 def log_size(log: str) -> int:

@@ -946,7 +946,7 @@ class Shim:
         c = self._cont(params)
         if c.init.status == "stopped":
             raise ShimError("failed_precondition", f"task {c.id!r} is stopped: no stats")
-        from pyctr.plugins.runtime.runc import cgroups  # only when asked: typing comes with it
+        from pyctr.plugins.runtime.runc import cgroups  # only when asked
 
         return cgroups.stats(c.cgroup)
 
