@@ -689,12 +689,7 @@ class Batch:
             time.sleep(0.02)
 
     def _runc_kill(self, cid: str) -> None:
-        import subprocess
-
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run([self.rt.runc_path, "--root", self._runc_root(), "kill", cid, "KILL"],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=10, check=False)
+        _runc(self.rt, self._runc_root(), "kill", cid, "KILL")
 
     # -- one container through the runtime plugin (shared shims) ---------------------------------------
 
@@ -927,12 +922,17 @@ def _remove_dead_views(md: Any, ns: str, batch_id: str) -> None:
             sn.remove(ns, key)
 
 
-def _runc_delete(rt: Any, ns: str, runc_root: str, cid: str) -> None:
+def _runc(rt: Any, runc_root: str, *args: str) -> None:
+    """One quiet runc call for clean-up (its outcome is checked by what stays, not by its status)."""
     import subprocess
 
-    subprocess.run([rt.runc_path, "--root", runc_root, "delete", "--force", cid],
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=30, check=False)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run([rt.runc_path, "--root", runc_root, *args], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30, check=False)
+
+
+def _runc_delete(rt: Any, ns: str, runc_root: str, cid: str) -> None:
+    _runc(rt, runc_root, "delete", "--force", cid)
     from pyctr.plugins.runtime.runc import cgroups
 
     with contextlib.suppress(OSError):
