@@ -31,6 +31,14 @@ import pytest
 # Variables that would point a child pyctr at the host's real directories or configuration.
 _SCRUB = ("PYCTR_ROOT", "PYCTR_STATE", "PYCTR_ADDRESS", "PYCTR_CONFIG", "PYCTR_NAMESPACE", "PYCTR_DEBUG")
 
+#: The marks of a test module that runs containers: real runc, busybox-static, as root.
+RUNS_CONTAINERS = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
+    pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static"),
+]
+
 
 @dataclass(frozen=True)
 class Roots:
@@ -113,6 +121,15 @@ class Speedups:
             if self.name == "c" and not os.environ.get("PYCTR_REQUIRE_EXTENSIONS"):
                 pytest.skip(f"{full} is not built: {e}")
             raise
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A busybox root file system (runc tests; skipped without runc), one per test module."""
+    from runtime_helpers import make_busybox_rootfs, need_runc
+
+    need_runc()
+    return make_busybox_rootfs(tmp_path_factory.mktemp("bb") / "rootfs")
 
 
 @pytest.fixture(scope="session", params=["c", "py"])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,15 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Roots, child_env, pyctr_executable
+from conftest import RUNS_CONTAINERS, Roots, child_env, pyctr_executable
 from daemon_helpers import running_daemon
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
-    pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static"),
-]
+pytestmark = RUNS_CONTAINERS
 
 IMAGE = "localhost/busybox:latest"
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -14,15 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Roots, child_env, pyctr_executable
+from conftest import RUNS_CONTAINERS, Roots, child_env, pyctr_executable
 
 pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    *RUNS_CONTAINERS,
     pytest.mark.skipif(shutil.which("containerd") is None or shutil.which("ctr") is None,
                        reason="needs containerd and ctr"),
-    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
-    pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static"),
 ]
 
 IMAGE = "localhost/busybox:latest"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Roots, child_env, pyctr_executable
+from conftest import RUNS_CONTAINERS, Roots, child_env, pyctr_executable
 from pyctr.errdefs import InvalidArgument
 from pyctr.network import PortMapping, check_run_network, parse_publish, requested_network
 from pyctr.plugins.network.cni.cni import CNI, CNIError, Runtime, parse_conflist, result_ip
@@ -122,12 +122,9 @@ def test_result_ip_and_resolv_conf(tmp_path: Path) -> None:
 # -- with real plugins ------------------------------------------------------------------------------------
 
 _ROOT_MARKS = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
+    *RUNS_CONTAINERS,
     pytest.mark.skipif(not os.path.exists(f"{CNI_BIN}/bridge"), reason="needs containernetworking-plugins"),
     pytest.mark.skipif(shutil.which("iptables-save") is None, reason="needs iptables"),
-    pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static"),
 ]
 
 

@@ -23,14 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Roots, child_env, pyctr_executable
+from conftest import RUNS_CONTAINERS, Roots, child_env, pyctr_executable
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-    pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc"),
-    pytest.mark.skipif(not os.path.exists("/bin/busybox"), reason="needs busybox-static"),
-]
+pytestmark = RUNS_CONTAINERS
 
 IMAGE = "localhost/busybox:latest"
 USER_IMAGE = "localhost/busybox:user"

@@ -17,7 +17,6 @@ from pyctr.runtime import ProcessIO, TaskStatus
 from runtime_helpers import (
     bind_mounts,
     busybox_spec,
-    make_busybox_rootfs,
     need_runc,
     pid_alive,
     runtime,
@@ -27,12 +26,6 @@ from runtime_helpers import (
 
 pytestmark = pytest.mark.integration
 NS = "default"
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_runc()
-    return make_busybox_rootfs(tmp_path_factory.mktemp("bb") / "rootfs")
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from runtime_helpers import (
     bind_mounts,
     busybox_spec,
     cgroup_parent_for,
-    make_busybox_rootfs,
     need_runc,
     pid_alive,
     runtime,
@@ -32,12 +31,6 @@ from runtime_helpers import (
 
 pytestmark = pytest.mark.integration
 NS = "default"
-
-
-@pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    need_runc()
-    return make_busybox_rootfs(tmp_path_factory.mktemp("bb") / "rootfs")
 
 
 @pytest.fixture
