@@ -29,6 +29,7 @@ _SnOpt = Annotated[str | None, typer.Option("--snapshotter", help="The snapshott
                                                                   "group's --snapshotter).")]
 _OutOpt = Annotated[str, typer.Option("--output", "-o", help="table or json.")]
 _LabelOpt = Annotated[list[str] | None, typer.Option("--label", "-l", help="A label KEY=VALUE (repeatable).")]
+_TargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="Print the command that mounts it at TARGET.")]
 
 
 @app.callback()
@@ -153,8 +154,7 @@ def prepare(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="The new active snapshot's key.")],
     parent: Annotated[str, typer.Argument(help="A committed snapshot to start from.")] = "",
-    target: Annotated[str | None, typer.Option("--target", "-t",
-                                               help="Print the command that mounts it at TARGET.")] = None,
+    target: _TargetOpt = None,
     label: _LabelOpt = None,
     output: _OutOpt = "",
     snapshotter: _SnOpt = None,
@@ -168,8 +168,7 @@ def view(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="The new view's key.")],
     parent: Annotated[str, typer.Argument(help="The committed snapshot to look at.")] = "",
-    target: Annotated[str | None, typer.Option("--target", "-t",
-                                               help="Print the command that mounts it at TARGET.")] = None,
+    target: _TargetOpt = None,
     label: _LabelOpt = None,
     output: _OutOpt = "",
     snapshotter: _SnOpt = None,
