@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -58,30 +59,25 @@ def main() -> None:
                                          "pyctr task, own shim (zygote fork)": [],
                                          "pyctr task, shared shim (group)": [],
                                          "pyctr task, shared shim, no seccomp": []}
-        with runtime(work / "state") as rt:
+        # one shim per task for the "own shim" row (the runtime's default pools tasks without a group)
+        with runtime(work / "state", shim_pool_size=1) as rt:
             keep = rt.create("bench", "keep", busybox_spec(rootfs, ["sleep", "600"]), [], ProcessIO(),
                              group="g")  # keeps the group's shim alive
+
+            def task(id: str, task_spec: dict[str, Any], group: str | None = None) -> float:
+                t0 = time.perf_counter()
+                t = rt.create("bench", id, task_spec, [], ProcessIO(), group=group)
+                t.start()
+                t.wait(timeout=30)
+                t.delete()
+                return time.perf_counter() - t0
+
             keep.start()
             for i in range(args.n + 2):
                 b = bare_runc(bundle, work / "runc", i)
-                t0 = time.perf_counter()
-                t = rt.create("bench", f"t{i}", spec, [], ProcessIO())
-                t.start()
-                t.wait(timeout=30)
-                t.delete()
-                own = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                t = rt.create("bench", f"g{i}", spec, [], ProcessIO(), group="g")
-                t.start()
-                t.wait(timeout=30)
-                t.delete()
-                grp = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                t = rt.create("bench", f"n{i}", nosec, [], ProcessIO(), group="g")
-                t.start()
-                t.wait(timeout=30)
-                t.delete()
-                ns = time.perf_counter() - t0
+                own = task(f"t{i}", spec)
+                grp = task(f"g{i}", spec, "g")
+                ns = task(f"n{i}", nosec, "g")
                 if i >= 2:  # warm-up
                     for k, v in zip(times, (b, own, grp, ns), strict=True):
                         times[k].append(v)
