@@ -867,29 +867,11 @@ def _main(argv: list[str]) -> Any:
         runzygote.spawn(state, list(ZYGOTE_CLI_PRELOAD))
     from .cli import main as cli_main
 
-    global _LEAVE_ZYGOTE
-    _LEAVE_ZYGOTE = state
-    try:
-        return cli_main(argv)
-    finally:
-        _leave_zygote()
+    return cli_main(argv)
 
 
-#: The state directory whose zygote this process leaves behind when it ends ("" for none).
-_LEAVE_ZYGOTE = ""
 #: Set in a zygote's child: the process ends by returning to the zygote's code, never ``os._exit``.
 IN_ZYGOTE_CHILD = False
-
-
-def _leave_zygote() -> None:
-    """A command the zygote serves (``batch run``), run without one: leave one, warm with what this
-    process imported, for the next."""
-    global _LEAVE_ZYGOTE
-    state, _LEAVE_ZYGOTE = _LEAVE_ZYGOTE, ""
-    if state and not IN_ZYGOTE_CHILD:
-        from . import runzygote
-
-        runzygote.spawn(state, sorted(sys.modules))
 
 
 def exit_now(code: int) -> None:
@@ -901,5 +883,4 @@ def exit_now(code: int) -> None:
             f.flush()
     if IN_ZYGOTE_CHILD:
         raise SystemExit(code)
-    _leave_zygote()
     os._exit(code)
