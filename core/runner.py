@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 SERVICE_ID = "pyctr.containers.metadata"
 
 _T0 = 0.0
-#: A plugin manager the run zygote made before forking (used once, by the child).
-PREBUILT: dict[str, Any] = {}
 
 
 def trace(what: str) -> None:
@@ -774,8 +772,9 @@ def fast_main(argv: list[str], *, close: bool = True) -> int | None:
                         namespace=g.get("namespace") or "default", config=g.get("config"))
         if not client.remote and not os.environ.get("PYCTR_NO_PLUGIN_AUTOLOAD"):
             from .engine import Engine
+            from .registry import take_prebuilt_plugin_manager
 
-            pm, PREBUILT["pm"] = PREBUILT.get("pm") or quick_plugin_manager(), None
+            pm = take_prebuilt_plugin_manager() or quick_plugin_manager()
             client._engine = Engine(client.config, pm)
         trace("engine")
         run_flags = {k: v for k, v in flags.items() if k not in ("rm", "detach", "interactive", "name")}

@@ -258,9 +258,10 @@ def _preload(modules: list[str]) -> None:
 
         mount._lib()  # load libc now rather than in every child
     with contextlib.suppress(BaseException):
-        from . import runner
+        from . import registry, runner
 
-        runner.PREBUILT["pm"] = runner.quick_plugin_manager()  # plugin modules found and registered
+        # plugin modules found and registered, for the child's engine to take
+        registry.PREBUILT_PLUGIN_MANAGER[:] = [runner.quick_plugin_manager()]
 
 
 def serve(cfg: dict[str, Any]) -> None:
@@ -407,11 +408,6 @@ def _child(conn: socket.socket, req: dict[str, Any], fds: list[int]) -> None:
         argv = [str(a) for a in req.get("argv") or []]
         got = fast_main(argv, close=False)
         if got is None:  # a command without a fast path (``batch run``): the typer application
-            from . import registry
-
-            pm = runner.PREBUILT.pop("pm", None)
-            if pm is not None:
-                registry.PREBUILT_PLUGIN_MANAGER[:] = [pm]
             from .cli import main as cli_main
 
             got = cli_main(argv)
