@@ -381,7 +381,7 @@ class Batch:
         gets an active snapshot)."""
         if image.name in self._lowers:
             return self._lowers[image.name]
-        from .mount import _split_lowerdirs
+        from .mount import _split_lowerdirs, overlay_index_known
 
         got: _Lower | None = None
         if image.sn_name == "overlayfs":
@@ -395,7 +395,7 @@ class Batch:
             lowers: list[str] = []
             if len(mounts) == 1 and mounts[0].type == "bind":
                 lowers = [mounts[0].source]
-                opts = ["index=off"] if os.path.exists("/sys/module/overlay/parameters/index") else []
+                opts = ["index=off"] if overlay_index_known() else []
             elif len(mounts) == 1 and mounts[0].type == "overlay":
                 for o in mounts[0].options:
                     if o.startswith("lowerdir="):

@@ -457,6 +457,11 @@ def _mount_overlay_relative(source: str, target: str, flags: int, data: list[str
 # -- unmounting ------------------------------------------------------------------------------------
 
 
+def overlay_index_known() -> bool:
+    """Whether the kernel's overlayfs has the ``index`` feature (then mounts say ``index=off``)."""
+    return os.path.exists("/sys/module/overlay/parameters/index")
+
+
 def unmount(target: str, *, lazy: bool = False, retries: int = 50, all_layers: bool = False) -> None:
     """Unmount ``target``.  Not being mounted is not an error.
 

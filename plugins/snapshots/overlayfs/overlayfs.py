@@ -59,10 +59,6 @@ def check_overlay_support(root: str) -> str:
             remove_tree(d)
 
 
-def _index_param_known() -> bool:
-    return os.path.exists("/sys/module/overlay/parameters/index")
-
-
 class OverlaySnapshotter(BaseSnapshotter):
     """Snapshots as overlay layers.
 
@@ -86,7 +82,11 @@ class OverlaySnapshotter(BaseSnapshotter):
         super().__init__(root, sync_remove=sync_remove)
         self.mount_options = list(mount_options)
         self.upperdir_label = upperdir_label
-        self.index_off = _index_param_known() if index_off is None else index_off
+        if index_off is None:
+            from pyctr.mount import overlay_index_known
+
+            index_off = overlay_index_known()
+        self.index_off = index_off
 
     def upper_path(self, sid: int) -> str:
         return os.path.join(self.snapshot_dir(sid), "fs")
