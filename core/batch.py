@@ -223,27 +223,107 @@ class _Image:
         self.stop_signal = stop_signal(self.config)
 
 
+# A precompiled seccomp filter reaches the container's process on fd 3 and the helper that loads it
+# on fd 4 (``runc run --preserve-fds 2``); the process is the helper, executed through its descriptor.
+_FILTER_FD = 3
+_HELPER_FD = 4
+_HELPER_ARG0 = f"/proc/self/fd/{_HELPER_FD}"
+
+
+def _command_in_image(root: Any, spec: Mapping[str, Any], mounts: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the command is an executable file of the image, found as runc would find it (absolute
+    path, or the first absolute ``$PATH`` entry holding it) and not under a mount of the entry's.
+    Only then may the helper start it: a missing command must stay runc's error, which names it."""
+    import stat
+
+    if root is None:
+        return False
+    args = spec["process"].get("args") or []
+    if not args or not args[0]:
+        return False
+    name = args[0]
+    if "/" in name:
+        if not name.startswith("/"):
+            return False
+        candidates = [name]
+    else:
+        path = next((e[5:] for e in spec["process"].get("env") or [] if e.startswith("PATH=")), "")
+        candidates = [f"{d.rstrip('/')}/{name}" for d in path.split(":") if d.startswith("/")]
+    dests = [str(m.get("destination", "")).rstrip("/") + "/" for m in mounts]
+    for c in candidates:
+        if any((c + "/").startswith(d) for d in dests):
+            return False  # a mount may bring (or hide) it
+        found = root.resolve(c)
+        if found is not None:
+            st = found[1]
+            return stat.S_ISREG(st.st_mode) and bool(st.st_mode & 0o111)
+    return False
+
+
+def _compiled_seccomp(spec: Mapping[str, Any]) -> int:
+    """A sealed memfd holding the spec's seccomp profile compiled by :mod:`pyctr.seccomp_filter`, or
+    -1 when it is to be left to runc."""
+    import fcntl
+
+    from . import seccomp_filter
+
+    if not seccomp_filter.loadable(spec):
+        return -1
+    try:
+        program = seccomp_filter.compile_profile(spec["linux"]["seccomp"])
+    except seccomp_filter.CompileError as e:
+        log.debug("batch: seccomp profile left to runc: %s", e)
+        return -1
+    fd = os.memfd_create("pyctr-seccomp-filter", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.write(fd, program)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
+                    | fcntl.F_SEAL_SEAL)
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)  # never one of the numbers it is dup'ed to
+    finally:
+        os.close(fd)
+    return high
+
+
 class _Template:
     """A spec generated once (with the first container's rootfs for user lookups), kept serialised
-    with :data:`_TOKEN` for the id, and the record fields that go with it."""
+    with :data:`_TOKEN` for the id, and the record fields that go with it.
+
+    With ``precompile`` (direct mode) and a profile :mod:`pyctr.seccomp_filter` can take over, the
+    seccomp profile is compiled here, once, into a sealed memfd (:attr:`filter_fd`), and the bundle's
+    spec starts the container's process as the ``pyctr-seccomp-exec`` helper, which loads it; the
+    record keeps the spec as asked for (profile and command)."""
 
     def __init__(self, image: _Image, opts: Any, ns: str, cgroup_path: Callable[[str], str],
-                 mounts: Sequence[Any]) -> None:
+                 mounts: Sequence[Any], precompile: bool = False) -> None:
         from .oci import generate_spec
         from .usergroup import root_for_mounts
 
-        spec = generate_spec(image.config, root_for_mounts(mounts), opts, container_id=_TOKEN, namespace=ns)
+        root = root_for_mounts(mounts)
+        spec = generate_spec(image.config, root, opts, container_id=_TOKEN, namespace=ns)
         spec["hostname"] = _TOKEN if opts.net != "host" else spec.get("hostname", "")
         if not spec["hostname"]:
             spec.pop("hostname")
         spec["linux"]["cgroupsPath"] = cgroup_path(_TOKEN)
         spec["root"]["path"] = "rootfs"
         spec["process"]["terminal"] = False
+        self.filter_fd = -1
+        bundle = spec
+        if precompile and _command_in_image(root, spec, opts.mounts):
+            self.filter_fd = _compiled_seccomp(spec)
+        if self.filter_fd >= 0:
+            bundle = {**spec, "linux": {k: v for k, v in spec["linux"].items() if k != "seccomp"},
+                      "process": {**spec["process"], "args": [_HELPER_ARG0, *spec["process"]["args"]]}}
+        self.bundle_json = json.dumps(bundle, separators=(",", ":"))
         # the record keeps the same spec with the ns/id cgroup path the runtime would fill in
-        self.bundle_json = json.dumps(spec, separators=(",", ":"))
         spec["linux"]["cgroupsPath"] = f"/{ns}/{_TOKEN}"
         self.record_json = json.dumps(spec, separators=(",", ":"), sort_keys=True)
         self.opts_json = json.dumps({EXT_RUN_OPTIONS: opts.to_dict()}, separators=(",", ":"), sort_keys=True)
+
+    def close(self) -> None:
+        if self.filter_fd >= 0:
+            os.close(self.filter_fd)
+            self.filter_fd = -1
 
     @staticmethod
     def _fill(text: str, cid: str) -> str:
@@ -291,7 +371,8 @@ class Batch:
 
     def __init__(self, svc: Any, ns: str, entries: Sequence[BatchSpec], *, parallel: int = 8,
                  rm: bool = False, detach: bool = False, group_size: int = 50, batch_id: str = "",
-                 labels: Mapping[str, str] | None = None, mode: str = "auto", rootfs: str = "auto") -> None:
+                 labels: Mapping[str, str] | None = None, mode: str = "auto", rootfs: str = "auto",
+                 precompile_seccomp: bool = True) -> None:
         from .identifiers import validate_identifier
 
         if rm and detach:
@@ -352,6 +433,14 @@ class Batch:
         self._runc_env = {**os.environ, "GOMAXPROCS": "1"}
         self._bundles = ""
         self._lock_fd = -1
+        # seccomp profiles compiled once per template, loaded in each container by the helper (direct
+        # mode only: a shim's task is started by the runtime plugin, which leaves it to runc)
+        self._helper = ""
+        if precompile_seccomp and self.mode == "direct":
+            from .seccomp_filter import exec_helper
+
+            self._helper = exec_helper() or ""
+        self._helper_fd = -1
         self._janitor: ThreadPoolExecutor | None = None
         svc.store  # noqa: B018 -- the containers table exists before the first chunk's insert
 
@@ -372,7 +461,16 @@ class Batch:
         if t is None:
             assert it.image is not None
             t = self._templates[key] = _Template(it.image, _run_options(e), self.ns,
-                                                 lambda cid: str(self.rt.cgroup_path(self.ns, cid)), mounts)
+                                                 lambda cid: str(self.rt.cgroup_path(self.ns, cid)), mounts,
+                                                 precompile=bool(self._helper))
+            if t.filter_fd >= 0 and self._helper_fd < 0:
+                import fcntl
+
+                fd = os.open(self._helper, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    self._helper_fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+                finally:
+                    os.close(fd)
         return t
 
     def _lower(self, image: _Image) -> _Lower | None:
@@ -542,13 +640,18 @@ class Batch:
             argv = [self.rt.runc_path, "--root", self._runc_root(), "--log", runc_log,
                     "--log-format", "json", "run", "--bundle", path, "--pid-file", it.pid_file, it.id]
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            actions = [(os.POSIX_SPAWN_DUP2, null, i) for i in range(3)]
+            if it.template.filter_fd >= 0:
+                argv[-1:-1] = ["--preserve-fds", "2"]
+                actions += [(os.POSIX_SPAWN_DUP2, it.template.filter_fd, _FILTER_FD),
+                            (os.POSIX_SPAWN_DUP2, self._helper_fd, _HELPER_FD)]
             try:
                 with self._lock:
                     if self.stopping.is_set():
                         raise PyctrError("batch interrupted before this container started")
                     started = time.time()
                     it.runc_pid = os.posix_spawn(argv[0], argv, self._runc_env,
-                                                 file_actions=[(os.POSIX_SPAWN_DUP2, null, i) for i in range(3)],
+                                                 file_actions=actions,
                                                  setsigdef=(signal.SIGINT, signal.SIGTERM, signal.SIGPIPE,
                                                             signal.SIGHUP))
                     self._running[it.id] = it
@@ -851,6 +954,11 @@ class Batch:
                         with contextlib.suppress(Exception):
                             self.svc.get_task(self.ns, it.id).delete(force=True)
             self._release_bundle_dir()
+            for t in self._templates.values():
+                t.close()
+            if self._helper_fd >= 0:
+                os.close(self._helper_fd)
+                self._helper_fd = -1
             leftovers = [it for it in self.items if it.made and (
                 it.result is None or self.rm or it.result.status == "failed")]
             for i in range(0, len(leftovers), _CHUNK):
