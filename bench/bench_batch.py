@@ -8,7 +8,9 @@ Throughput rows: N busybox ``true`` containers launched and run to completion, P
 default --parallel of ``pyctr batch run`` is 8 too), whole commands timed (CLI start included), the best
 of ``--rounds``.  Bare runc: N bundles written beforehand with the spec pyctr generates (same seccomp
 profile, namespaces, mounts) on one shared read-only rootfs, ``runc --root <private> run`` each, with
-the same xargs.  Memory rows: ``--mem-n`` ``sleep 600`` containers started detached; PSS
+the same xargs (runc compiles the profile in each; pyctr's batch compiles it once, see
+pyctr/seccomp_filter.py); a second set without the profile shows what runc costs without that
+compilation (a reference row, not a target).  Memory rows: ``--mem-n`` ``sleep 600`` containers started detached; PSS
 (/proc/PID/smaps_rollup) of the shims (pyctr: its group shims and the shim zygote; containerd: its
 ``containerd-shim-runc-v2`` processes), the daemon's RSS growth, and the drop of MemAvailable, per
 container.  Removal: ``pyctr batch rm --label`` against ``ctr task rm -f`` + ``ctr container rm`` with
@@ -36,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 PYCTR = str(Path(os.path.realpath(sys.executable)).parent / "pyctr")
 PYCTRD = str(Path(os.path.realpath(sys.executable)).parent / "pyctrd")
 IMAGE = "localhost/busybox:latest"
+NO_SECCOMP = "bare runc run, no seccomp profile (reference only)"
 
 
 def sh(cmd: list[str] | str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -206,19 +209,23 @@ def xargs(n: int, p: int, argv: list[str]) -> None:
                    text=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
-def bare_runc_bundles(pc: Pyctr, work: Path, n: int) -> tuple[Path, Path]:
+def bare_runc_bundles(pc: Pyctr, work: Path, n: int, seccomp: bool = True) -> tuple[Path, Path]:
     """N bundles with the spec pyctr generates for ``true`` (read back from a record) on one shared
-    read-only copy of the image's root file system."""
+    read-only copy of the image's root file system (without the seccomp profile: ``seccomp=False``)."""
     sys.path.insert(0, str(HERE.parent / "tests"))
     from runtime_helpers import make_busybox_rootfs
 
-    rootfs = make_busybox_rootfs(work / "bare-rootfs")  # the same files as the image's
+    rootfs = work / "bare-rootfs"
+    if not rootfs.exists():
+        make_busybox_rootfs(rootfs)  # the same files as the image's
     ok(pc.cmd("containers", "create", IMAGE, "spec-src", "true"))
     info = json.loads(ok(pc.cmd("containers", "info", "spec-src")))
     ok(pc.cmd("containers", "rm", "spec-src"))
     spec = info.get("spec") or info.get("Spec")
     spec["root"] = {"path": str(rootfs), "readonly": True}
-    bundles = work / "bundles"
+    if not seccomp:
+        spec["linux"].pop("seccomp", None)
+    bundles = work / ("bundles" if seccomp else "bundles-noseccomp")
     bundles.mkdir()
     for i in range(n):
         b = bundles / f"b{i}"
@@ -239,6 +246,7 @@ def throughput(args: argparse.Namespace, work: Path, pc: Pyctr, ctd: Containerd 
         best[name] = min(best.get(name, float("inf")), dt)
 
     bundles, runc_root = bare_runc_bundles(pc, work, n)
+    plain, _ = bare_runc_bundles(pc, work, n, seccomp=False)
     ok(pc.cmd("batch", "run", "--count", "5", "--rm", IMAGE, "true"))
     for r in range(args.rounds):
         settle()
@@ -247,6 +255,9 @@ def throughput(args: argparse.Namespace, work: Path, pc: Pyctr, ctd: Containerd 
         settle()
         keep("bare runc run (prepared bundles)", timed(lambda: xargs(n, p, [
             "runc", "--root", str(runc_root), "run", "--bundle", f"{bundles}/b{{}}", f"bench-{r}-{{}}"])))  # noqa: B023
+        settle()
+        keep(NO_SECCOMP, timed(lambda: xargs(n, p, [
+            "runc", "--root", str(runc_root), "run", "--bundle", f"{plain}/b{{}}", f"plain-{r}-{{}}"])))  # noqa: B023
         if ctd is not None:
             settle()
             keep("ctr run --rm (containerd)", timed(lambda: xargs(n, p, [
@@ -261,7 +272,7 @@ def throughput(args: argparse.Namespace, work: Path, pc: Pyctr, ctd: Containerd 
     finally:
         pc.stop_daemon()
     for name in ("pyctr batch run --rm (embedded)", "pyctr batch run --rm (via pyctrd)",
-                 "bare runc run (prepared bundles)", "ctr run --rm (containerd)"):
+                 "bare runc run (prepared bundles)", NO_SECCOMP, "ctr run --rm (containerd)"):
         if name in best:
             rows.append((name, n / best[name]))
     return rows

@@ -679,6 +679,7 @@ ZYGOTE_CLI_PRELOAD = ("pyctr.cli", "pyctr.cli._errors", "pyctr.cli.batch", "pyct
                       "pyctr.plugins.content.local.store", "pyctr.plugins.gc.scheduler.scheduler",
                       "pyctr.metadata.store", "pyctr.metadata.snapshots", "pyctr.metadata.content",
                       "pyctr.metadata.leases", "pyctr.metadata.gc", "pyctr.events.exchange", "pyctr.seccomp_default",
+                      "pyctr.seccomp_filter",
                       "pyctr.cli.output", "pyctr._speedups.digest", "pyctr._speedups.eventbus", "typer", "sqlite3",
                       "concurrent.futures.thread")
 

@@ -304,8 +304,14 @@ def compile_profile(profile: Mapping[str, Any]) -> bytes:
 
 
 def exec_helper() -> str | None:
-    """Path of the built ``pyctr-seccomp-exec`` helper, or ``None`` if this install has none."""
+    """Path of the built ``pyctr-seccomp-exec`` helper, or ``None`` if this install has none (or has
+    it on a file system mounted ``noexec``, where runc could not start it)."""
     from . import _speedups
 
     path = Path(_speedups.__file__).parent / EXEC_HELPER
-    return str(path) if os.access(path, os.X_OK) else None
+    try:
+        if not os.access(path, os.X_OK) or os.statvfs(path).f_flag & os.ST_NOEXEC:
+            return None
+    except OSError:
+        return None
+    return str(path)
