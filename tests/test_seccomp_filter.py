@@ -241,10 +241,11 @@ def test_batch_containers_run_under_the_filter_runc_would_load(env: Env, tmp_pat
         status = (out / "status").read_text()
         assert "Seccomp:\t2" in status and "Seccomp_filters:\t1" in status
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.stdin = None
-        proc.communicate(timeout=60)
-        env.run("tasks", "kill", "-s", "KILL", "ref")
-        env.run("containers", "rm", "-f", "ref")
-        env.run("batch", "rm", "--label", "pyctr.batch.id=sc")
+        try:
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: the batch kills its containers and cleans up
+            proc.stdin = None
+            proc.communicate(timeout=60)
+        finally:
+            env.run("containers", "rm", "-f", "ref")
+            env.run("batch", "rm", "--label", "pyctr.batch.id=sc")
     env.assert_nothing_left()
