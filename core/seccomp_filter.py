@@ -19,6 +19,10 @@ profile here, once, and each container loads the finished program itself:
   The filter is in force from that ``execve`` on, as with runc; nothing is added to the container's
   root file system, and the command sees no extra descriptor.
 
+Batches use it for their direct containers only: those have no task in the runtime, so nothing can
+``exec`` into them (``runc exec`` takes the seccomp profile from the container's config, which here
+has none; a task started through a shim keeps runc's own compilation for that reason).
+
 Only what this reproduces exactly is taken over (:func:`loadable`): ``noNewPrivileges`` (an unprivileged
 process can only load a filter under it, as runc then does too), no seccomp ``flags``, no listener
 (``SCMP_ACT_NOTIFY``), architectures whose audit numbers are known here.  Anything else, or a host
