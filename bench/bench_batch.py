@@ -403,17 +403,27 @@ def oci_archive(pc: Pyctr, work: Path) -> Path:
     return tar
 
 
+def containerd_with_image(pc: Pyctr, work: Path) -> Containerd:
+    """A private containerd holding pyctr's busybox image as IMAGE (exported and imported), warmed up
+    by one ``ctr run --rm``; stopped again if that fails."""
+    ctd = Containerd(work)
+    try:
+        ok([*ctd.ctr, "images", "import", "--base-name", "localhost/busybox", str(oci_archive(pc, work))])
+        names = ok([*ctd.ctr, "images", "ls", "-q"]).split()
+        if IMAGE not in names:
+            ok([*ctd.ctr, "images", "tag", names[0], IMAGE])
+        ok([*ctd.ctr, "run", "--rm", IMAGE, "warm", "true"])
+    except BaseException:
+        ctd.stop()
+        raise
+    return ctd
+
+
 def cleanup_cgroups(prefixes: list[str]) -> None:
-    root = Path("/sys/fs/cgroup")
-    for ctrl in [root, *root.iterdir()]:
-        for prefix in prefixes:
-            base = ctrl / prefix.strip("/")
-            if base.is_dir():
-                for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
-                with contextlib.suppress(OSError):
-                    base.rmdir()
+    from pyctr.plugins.runtime.runc import cgroups
+
+    for prefix in prefixes:
+        cgroups.remove(prefix)  # every hierarchy, children first
 
 
 def main() -> None:
@@ -447,12 +457,7 @@ def main() -> None:
         ctd = None
         try:
             if not args.no_containerd and shutil.which("containerd"):
-                ctd = Containerd(work)
-                ok([*ctd.ctr, "images", "import", "--base-name", "localhost/busybox", str(oci_archive(pc, work))])
-                names = ok([*ctd.ctr, "images", "ls", "-q"]).split()
-                if IMAGE not in names:
-                    ok([*ctd.ctr, "images", "tag", names[0], IMAGE])
-                ok([*ctd.ctr, "run", "--rm", IMAGE, "warm", "true"])
+                ctd = containerd_with_image(pc, work)
             load0 = os.getloadavg()[0]
             rows = throughput(args, work, pc, ctd)
             mem = memory(args, pc, ctd)

@@ -33,8 +33,8 @@ from bench_batch import (
     Containerd,
     Pyctr,
     cleanup_cgroups,
+    containerd_with_image,
     mem_available_kb,
-    oci_archive,
     ok,
     pss_kb,
     rss_kb,
@@ -135,12 +135,7 @@ def main() -> None:
         try:
             ok(pc.cmd("images", "build-busybox"))
             if not args.no_containerd and shutil.which("containerd"):
-                ctd = Containerd(work)
-                ok([*ctd.ctr, "images", "import", "--base-name", "localhost/busybox", str(oci_archive(pc, work))])
-                names = ok([*ctd.ctr, "images", "ls", "-q"]).split()
-                if IMAGE not in names:
-                    ok([*ctd.ctr, "images", "tag", names[0], IMAGE])
-                ok([*ctd.ctr, "run", "--rm", IMAGE, "warm", "true"])
+                ctd = containerd_with_image(pc, work)
             load0 = os.getloadavg()
             rows["pyctr, default (pooled shims, shim_pool_size=32)"] = measure_pyctr(pc, args.n, args.p, 32)
             settle()

@@ -44,6 +44,7 @@ purpose: with ``rm`` nothing of the batch is left (no mount, shim, cgroup, runc 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -58,16 +59,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pyctr.plugins.containers.metadata.service import DEFAULT_RUNTIME, EXT_RUN_OPTIONS, LABEL_IMAGE_STOP_SIGNAL
+
 from .errdefs import AlreadyExists, InvalidArgument, NotFound, PyctrError
 
 log = logging.getLogger("pyctr.batch")
 
 #: The label every container of a batch carries (``pyctr batch rm`` finds a batch by it).
 LABEL_BATCH_ID = "pyctr.batch.id"
-#: The runtime plugin the records name (the runc plugin serves them).
-DEFAULT_RUNTIME = "pyctr.runtime.runc"
-EXT_RUN_OPTIONS = "pyctr.run-options"
-LABEL_IMAGE_STOP_SIGNAL = "io.containerd.image.config.stop-signal"
 
 #: Stands for the container id in a serialised spec template (no JSON escaping needed).
 _TOKEN = "@@pyctr-batch-id@@"
@@ -266,8 +265,6 @@ def _command_in_image(root: Any, spec: Mapping[str, Any], mounts: Sequence[Mappi
 def _compiled_seccomp(spec: Mapping[str, Any]) -> int:
     """A sealed memfd holding the spec's seccomp profile compiled by :mod:`pyctr.seccomp_filter`, or
     -1 when it is to be left to runc."""
-    import fcntl
-
     from . import seccomp_filter
 
     if not seccomp_filter.loadable(spec):
@@ -282,10 +279,19 @@ def _compiled_seccomp(spec: Mapping[str, Any]) -> int:
         os.write(fd, program)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK
                     | fcntl.F_SEAL_SEAL)
-        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)  # never one of the numbers it is dup'ed to
+    except BaseException:
+        os.close(fd)
+        raise
+    return _above_stdio(fd)
+
+
+def _above_stdio(fd: int) -> int:
+    """``fd`` moved to 10 or above (close-on-exec), never one of the numbers a runc child's
+    descriptors are dup'ed to (0-4); the original is closed."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
     finally:
         os.close(fd)
-    return high
 
 
 class _Template:
@@ -374,8 +380,7 @@ class Batch:
 
     def __init__(self, svc: Any, ns: str, entries: Sequence[BatchSpec], *, parallel: int = 8,
                  rm: bool = False, detach: bool = False, group_size: int = 50, batch_id: str = "",
-                 labels: Mapping[str, str] | None = None, mode: str = "auto", rootfs: str = "auto",
-                 precompile_seccomp: bool = True) -> None:
+                 labels: Mapping[str, str] | None = None, mode: str = "auto", rootfs: str = "auto") -> None:
         from .identifiers import validate_identifier
 
         if rm and detach:
@@ -439,7 +444,7 @@ class Batch:
         # seccomp profiles compiled once per template, loaded in each container by the helper (direct
         # mode only: a shim's task is started by the runtime plugin, which leaves it to runc)
         self._helper = ""
-        if precompile_seccomp and self.mode == "direct":
+        if self.mode == "direct":
             from .seccomp_filter import exec_helper
 
             self._helper = exec_helper() or ""
@@ -467,13 +472,7 @@ class Batch:
                                                  lambda cid: str(self.rt.cgroup_path(self.ns, cid)), mounts,
                                                  precompile=bool(self._helper))
             if t.filter_fd >= 0 and self._helper_fd < 0:
-                import fcntl
-
-                fd = os.open(self._helper, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    self._helper_fd = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-                finally:
-                    os.close(fd)
+                self._helper_fd = _above_stdio(os.open(self._helper, os.O_RDONLY | os.O_CLOEXEC))
         return t
 
     def _lower(self, image: _Image) -> _Lower | None:
@@ -582,13 +581,12 @@ class Batch:
                 if not it.made:
                     continue
                 if it.image is not None and not it.transient:
-                    with contextlib.suppress(NotFound):
-                        try:
-                            it.image.sn.remove(self.ns, it.id)
-                        except PyctrError as e:
-                            if isinstance(e, NotFound):
-                                raise
-                            log.warning("batch: removing snapshot %s: %s", it.id, e)
+                    try:
+                        it.image.sn.remove(self.ns, it.id)
+                    except NotFound:
+                        pass
+                    except PyctrError as e:
+                        log.warning("batch: removing snapshot %s: %s", it.id, e)
                 tx.execute("DELETE FROM containers WHERE ns=? AND id=?", (self.ns, it.id))
                 it.made = False
         self.db.mutated("delete")
@@ -598,9 +596,9 @@ class Batch:
 
         if isinstance(e, CommandNotFound):
             exit_status = 127
-        msg = str(e) if isinstance(e, PyctrError) else f"{type(e).__name__}: {e}"
         it.result = BatchResult(it.id, it.index, started_at=started, exit_status=exit_status,
-                                duration=time.time() - started if started else 0.0, error=msg, status="failed")
+                                duration=time.time() - started if started else 0.0, error=_message(e),
+                                status="failed")
 
     # -- one container, run to completion by runc itself -----------------------------------------------
 
@@ -662,7 +660,7 @@ class Batch:
             finally:
                 os.close(null)
             try:
-                _, status = _waitpid(it.runc_pid)
+                _, status = os.waitpid(it.runc_pid, 0)  # retried on EINTR (PEP 475)
             finally:
                 with self._lock:
                     self._running.pop(it.id, None)
@@ -725,8 +723,6 @@ class Batch:
         clear_dead_batches(self.rt, self.md, self.ns)
         lock = base / f"{self.batch_id}.lock"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        import fcntl
-
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -980,8 +976,6 @@ def clear_dead_batches(rt: Any, md: Any, ns: str) -> None:
     ``<runtime state>/.batch/<ns>/<batch id>.lock`` while it runs): their containers' rootfs mounts,
     runc state and bundles, their scratch tmpfs, and their views of images.  Their container records
     stay, for ``pyctr batch rm``.  Every batch run and ``batch rm`` calls this first."""
-    import fcntl
-
     from .mount import unmount
 
     base = os.path.join(rt.state, ".batch", ns)
@@ -1113,12 +1107,9 @@ def _remove_bundle(path: str, rootfs: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _waitpid(pid: int) -> tuple[int, int]:
-    while True:
-        try:
-            return os.waitpid(pid, 0)
-        except InterruptedError:
-            continue
+def _message(e: BaseException) -> str:
+    """A failure as a result's ``error``: a pyctr error's own message, else the exception's type too."""
+    return str(e) if isinstance(e, PyctrError) else f"{type(e).__name__}: {e}"
 
 
 def _read_pid(path: str) -> int:
@@ -1218,7 +1209,9 @@ def batch_results(client: Any, specs: Iterable[Any] | None = None, *, progress: 
                   **kw: Any) -> BatchStream:
     """:meth:`pyctr.Client.batch_run`: the containers service's stream (embedded or from the daemon) as
     :class:`BatchResult` (and, with ``progress``, :class:`BatchProgress`) objects."""
-    svc = client.plugin("service", "pyctr.containers.metadata")
+    from .runner import service
+
+    svc = service(client)
     wire = None if specs is None else [s.to_dict() if isinstance(s, BatchSpec) else dict(s) for s in specs]
     return BatchStream(svc.batch_run(client.namespace, wire, **kw), progress)
 
@@ -1239,7 +1232,7 @@ def batch_remove(svc: Any, ns: str, filters: Sequence[str], *, parallel: int = 8
         except NotFound:
             return {"id": c.id, "error": ""}
         except Exception as e:
-            return {"id": c.id, "error": str(e) if isinstance(e, PyctrError) else f"{type(e).__name__}: {e}"}
+            return {"id": c.id, "error": _message(e)}
 
     if not containers:
         return iter(())

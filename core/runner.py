@@ -229,6 +229,12 @@ def foreground_io(interactive: bool, tty: bool, json_log: str = "", log_uri: str
                      log_uri=log_uri)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class FifoIO:
     """The stdio of a process a daemon runs: FIFOs in a private temporary directory that the shim opens,
     copied to and from this process's own stdin, stdout and stderr (file descriptors cannot cross the
@@ -281,9 +287,7 @@ class FifoIO:
                     continue
                 if not data:
                     return
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(dst, view):]
+                _write_all(dst, data)
         except OSError:
             return
         finally:
@@ -299,9 +303,7 @@ class FifoIO:
                 data = os.read(0, 1 << 16)
                 if not data:
                     return
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, data)
         except OSError:
             return
         finally:

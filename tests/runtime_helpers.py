@@ -70,6 +70,27 @@ def shim_pids(rt: RuncRuntime) -> set[int]:
     return pids
 
 
+def state_pids(state: Path, *, with_zygote: bool = False, exclude: tuple[int, ...] = ()) -> list[int]:
+    """Shim processes of the pyctr state directory ``state`` (their command line carries its socket
+    directory, or the state itself); the shim zygote (a warm parent that forks shims) only if asked."""
+    from pyctr.plugins.runtime.runc.manager import _ping
+
+    rt = RuncRuntime(state / "pyctr.runtime.runc", load=False)
+    needles = [str(rt.sock_dir).encode().hex().encode(), str(state).encode()]
+    zygote = int((_ping(rt.zygote_address) or {}).get("zygote_pid") or 0)
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid() or int(d.name) in exclude:
+            continue
+        try:
+            cmdline = (d / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles) and (with_zygote or int(d.name) != zygote):
+            pids.append(int(d.name))
+    return pids
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

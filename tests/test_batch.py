@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from conftest import RUNS_CONTAINERS, Roots, child_env, pyctr_executable
 from daemon_helpers import running_daemon
+from pyctr.plugins.runtime.runc import cgroups
+from runtime_helpers import state_pids
 
 pytestmark = RUNS_CONTAINERS
 
@@ -75,22 +77,7 @@ class Env:
         return sorted(c for d in roots if d.is_dir() for c in os.listdir(d))
 
     def shim_pids(self, *, with_zygote: bool = False, exclude: tuple[int, ...] = ()) -> list[int]:
-        from pyctr.plugins.runtime.runc.manager import RuncRuntime, _ping
-
-        rt = RuncRuntime(self.runtime_state, load=False)
-        needles = [str(rt.sock_dir).encode().hex().encode(), str(self.roots.state).encode()]
-        zygote = int((_ping(rt.zygote_address) or {}).get("zygote_pid") or 0)
-        pids = []
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit() or int(d.name) == os.getpid() or int(d.name) in exclude:
-                continue
-            try:
-                cmdline = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if any(n in cmdline for n in needles) and (with_zygote or int(d.name) != zygote):
-                pids.append(int(d.name))
-        return pids
+        return state_pids(self.roots.state, with_zygote=with_zygote, exclude=exclude)
 
     def assert_nothing_left(self, daemon: int = 0) -> None:
         assert self.ok("containers", "ls", "-q").split() == [], "container records left"
@@ -130,14 +117,7 @@ def env(tmp_root: Roots) -> Iterator[Env]:
                 os.kill(pid, signal.SIGKILL)
         for m in sorted(e.mounts_under(), reverse=True):
             subprocess.run(["umount", "-l", m], check=False)
-        for ctrl in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()]:
-            base = ctrl / parent.strip("/")
-            if base.is_dir():
-                for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(d)
-                with contextlib.suppress(OSError):
-                    os.rmdir(base)
+        cgroups.remove(parent)  # every hierarchy, children first; what still holds a process stays
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:

@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from pyctr import metrics_api
 from pyctr.hookspecs import hookimpl
+from pyctr.plugins.runtime.runc import cgroups
 
 V2_ROOT = str(Path(__file__).parent / "data" / "cgroupv2")
 MiB = 1024 * 1024
@@ -310,7 +311,6 @@ def test_pyctr_metrics_embedded(pyctr_cli: PyctrCli) -> None:
 # -- a real daemon, real containers ----------------------------------------------------------------
 
 IMAGE = "localhost/busybox:latest"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def _free_port() -> int:
@@ -431,14 +431,7 @@ def _cleanup(e: Env) -> None:
         mounts = [ln.split()[1] for ln in f if ln.split()[1].startswith(here)]
     for m in sorted(mounts, reverse=True):
         subprocess.run(["umount", "-l", m], check=False)
-    for ctrl in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()]:
-        base = ctrl / e.cgroup_parent.strip("/")
-        if base.is_dir():
-            for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            with contextlib.suppress(OSError):
-                base.rmdir()
+    cgroups.remove(e.cgroup_parent)  # every hierarchy, children first; what still holds a process stays
 
 
 # ash execs the last command of -c: the trailing echo keeps the shell (and its 20 MB variable) alive

@@ -33,10 +33,10 @@ from pyctr.errdefs import InvalidArgument
 from pyctr.network import PortMapping, check_run_network, parse_publish, requested_network
 from pyctr.plugins.network.cni.cni import CNI, CNIError, Runtime, parse_conflist, result_ip
 from pyctr.plugins.network.cni.manager import bridge_conflist, resolv_conf
+from pyctr.plugins.runtime.runc import cgroups
 
 CNI_BIN = "/usr/lib/cni"
 IMAGE = "localhost/busybox:latest"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Chains and jumps the CNI plugins create once per host and share between networks (never removed by
 # a DEL): their presence after a test is not a leak.
 _SHARED = re.compile(r"CNI-HOSTPORT-(DNAT|SNAT|SETMARK|MASQ)\b|CNI-FORWARD\b|CNI-ADMIN\b")
@@ -343,14 +343,7 @@ def net(tmp_root: Roots) -> Iterator[Net]:
                 br = p.get("bridge")
                 if br and br.startswith("pyctr-") and os.path.exists(f"/sys/class/net/{br}"):
                     subprocess.run(["ip", "link", "delete", br], check=False, capture_output=True)
-        for ctrl in [CGROUP_ROOT, *CGROUP_ROOT.iterdir()]:
-            base = ctrl / parent.strip("/")
-            if base.is_dir():
-                for d in sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(d)
-                with contextlib.suppress(OSError):
-                    os.rmdir(base)
+        cgroups.remove(parent)  # every hierarchy, children first; what still holds a process stays
     # The host is as it was (links and addresses of other runs are not ours to judge: only ours count;
     # our veths were checked on the bridge by the tests' assert_clean).
     ours = re.compile(r"^(pyctrt|pyctr-)")

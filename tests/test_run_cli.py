@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from conftest import RUNS_CONTAINERS, Roots, child_env, pyctr_executable
+from runtime_helpers import state_pids
 
 pytestmark = RUNS_CONTAINERS
 
@@ -75,25 +76,9 @@ class Env:
         return RuncRuntime(self.roots.state / "pyctr.runtime.runc", load=False)
 
     def shim_pids(self, *, with_zygote: bool = False) -> list[int]:
-        """Shim processes of this test's state (their command line carries its socket directory); the
-        shim zygote (a warm parent that forks shims, shared by every container) only if asked."""
-        from pyctr.plugins.runtime.runc.manager import _ping
-
-        rt = self._runtime()
-        needles = [str(rt.sock_dir).encode().hex().encode(), str(self.roots.state).encode()]
-        res = _ping(rt.zygote_address) or {}
-        zygote = int(res.get("zygote_pid") or 0)
-        pids = []
-        for d in Path("/proc").iterdir():
-            if not d.name.isdigit() or int(d.name) == os.getpid():
-                continue
-            try:
-                cmdline = (d / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if any(n in cmdline for n in needles) and (with_zygote or int(d.name) != zygote):
-                pids.append(int(d.name))
-        return pids
+        """Shim processes of this test's state; the shim zygote (shared by every container) only if
+        asked."""
+        return state_pids(self.roots.state, with_zygote=with_zygote)
 
     def stop_zygote(self) -> None:
         self._runtime().stop_zygote()

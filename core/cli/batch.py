@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(no_args_is_help=True)
 
-SERVICE_ID = "pyctr.containers.metadata"
-
 
 def _read_specs(path: str) -> list[dict[str, Any]]:
     from ..errdefs import InvalidArgument
@@ -90,8 +88,9 @@ def _wait_daemon_cleanup(client: Any, ns: str, bid: str, rm: bool, timeout: floa
     if not rm:
         return
     from ..batch import LABEL_BATCH_ID
+    from ..runner import service
 
-    svc = client.plugin("service", SERVICE_ID)
+    svc = service(client)
     flt = [f"labels.{json.dumps(LABEL_BATCH_ID)}=={json.dumps(bid)}"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -241,7 +240,9 @@ def rm_cmd(
     if not labels and not batch_ids:
         raise InvalidArgument("batch rm needs --label KEY=VALUE or a batch id")
     o = opts(ctx)
-    svc = o.client().plugin("service", SERVICE_ID)
+    from ..runner import service
+
+    svc = service(o.client())
     conds = [f"labels.{json.dumps(k)}=={json.dumps(v)}" if v else f"labels.{json.dumps(k)}"
              for k, v in sorted(labels.items())]
     filters = [",".join([*conds, f"labels.{json.dumps(LABEL_BATCH_ID)}=={json.dumps(b)}"])

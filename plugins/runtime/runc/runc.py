@@ -16,26 +16,22 @@ def global_args(binary: str, root: str, log: str) -> list[str]:
     return [binary, "--root", root, "--log", log, "--log-format", "json"]
 
 
+def _with_console(args: list[str], id: str, console_socket: str) -> list[str]:
+    return [*args, *(["--console-socket", console_socket] if console_socket else []), id]
+
+
 def create_args(bundle: str, pid_file: str, id: str, console_socket: str = "") -> list[str]:
-    args = ["create", "--bundle", bundle, "--pid-file", pid_file]
-    if console_socket:
-        args += ["--console-socket", console_socket]
-    return [*args, id]
+    return _with_console(["create", "--bundle", bundle, "--pid-file", pid_file], id, console_socket)
 
 
 def run_args(bundle: str, pid_file: str, id: str, console_socket: str = "") -> list[str]:
     """``runc run --detach``: create and start in one runc invocation (one Go process start less)."""
-    args = ["run", "--detach", "--bundle", bundle, "--pid-file", pid_file]
-    if console_socket:
-        args += ["--console-socket", console_socket]
-    return [*args, id]
+    return _with_console(["run", "--detach", "--bundle", bundle, "--pid-file", pid_file], id, console_socket)
 
 
 def exec_args(process_file: str, pid_file: str, id: str, console_socket: str = "") -> list[str]:
-    args = ["exec", "--detach", "--process", process_file, "--pid-file", pid_file]
-    if console_socket:
-        args += ["--console-socket", console_socket]
-    return [*args, id]
+    return _with_console(["exec", "--detach", "--process", process_file, "--pid-file", pid_file], id,
+                         console_socket)
 
 
 def kill_args(id: str, signal: int, all: bool = False) -> list[str]:
