@@ -249,8 +249,9 @@ class ContainerService:
         net = self._network(c)
         spec = c.spec if net is None else net.attach(ns, id_, c.spec, c.extensions.get(EXT_RUN_OPTIONS) or {})
         try:
-            task: Task = (rt.create(ns, id_, spec, [m.to_dict() for m in mounts], io, group, start=True) if start
-                          else rt.create(ns, id_, spec, [m.to_dict() for m in mounts], io, group))
+            # ``start`` only when asked: a third-party runtime written before it existed still serves the rest
+            kw = {"start": True} if start else {}
+            task: Task = rt.create(ns, id_, spec, [m.to_dict() for m in mounts], io, group, **kw)
         except BaseException:
             self.release_network(ns, id_, c, quiet=True)
             raise

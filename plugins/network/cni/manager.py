@@ -42,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyctr.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PyctrError
 from pyctr.metadata.db import MetadataDB, now_ns, register_migrations
@@ -81,6 +81,8 @@ register_migrations("network", [
     CREATE INDEX network_attachments_network ON network_attachments(network)
     """,
 ])
+
+T = TypeVar("T")
 
 CNI_VERSION = "1.0.0"
 #: CNI calls per ADD or DEL when a plugin fails for a passing reason (a failed ADD is undone before the
@@ -183,6 +185,20 @@ def conf_bridge(conf: ConfList) -> str:
 
 def _link_exists(name: str) -> bool:
     return bool(name) and os.path.exists(f"/sys/class/net/{name}")
+
+
+def _retried(what: str, container_id: str, call: Callable[[], T]) -> T:
+    """``call()``, made up to :data:`RETRIES` times while it fails with a CNI error that looks passing
+    (:data:`_TRANSIENT`)."""
+    for attempt in range(RETRIES):
+        try:
+            return call()
+        except CNIError as e:
+            if attempt + 1 == RETRIES or not _TRANSIENT.search(str(e)):
+                raise
+            log.info("CNI %s of %s failed (%s); trying again", what, container_id, e)
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class NetworkManager:
@@ -495,30 +511,21 @@ class NetworkManager:
 
     def _add(self, conf: ConfList, rt: Runtime) -> dict[str, Any]:
         """CNI ADD; a failure is undone (DEL), and tried again when it looks passing (:data:`_TRANSIENT`)."""
-        for attempt in range(RETRIES):
+
+        def add() -> dict[str, Any]:
             try:
                 return self.cni.add(conf, rt)
-            except CNIError as e:
+            except CNIError:
                 with contextlib.suppress(PyctrError):
                     self._del(conf, rt)
-                if attempt + 1 == RETRIES or not _TRANSIENT.search(str(e)):
-                    raise
-                log.info("CNI ADD of %s failed (%s); trying again", rt.container_id, e)
-                time.sleep(0.2 * (attempt + 1))
-        raise AssertionError("unreachable")
+                raise
+
+        return _retried("ADD", rt.container_id, add)
 
     def _del(self, conf: ConfList, rt: Runtime, prev_result: Mapping[str, Any] | None = None,
              skip: Sequence[str] = ()) -> None:
         """CNI DEL, tried again when it fails for a passing reason."""
-        for attempt in range(RETRIES):
-            try:
-                self.cni.delete(conf, rt, prev_result, skip_types=skip)
-                return
-            except CNIError as e:
-                if attempt + 1 == RETRIES or not _TRANSIENT.search(str(e)):
-                    raise
-                log.info("CNI DEL of %s failed (%s); trying again", rt.container_id, e)
-                time.sleep(0.2 * (attempt + 1))
+        _retried("DEL", rt.container_id, lambda: self.cni.delete(conf, rt, prev_result, skip_types=skip))
 
     def _runtime(self, att: Attachment, netns_path: str | None = None) -> Runtime:
         caps: dict[str, Any] = {}
